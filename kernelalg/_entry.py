@@ -1,5 +1,5 @@
 import equinox as eqx
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import ArrayLike, Float
 
 from ._inputs import _kernel_from_canonical, canonicalize_inputs
 from ._kernel import Kernel
@@ -10,14 +10,18 @@ from .layers._base import AbstractLayer
 @eqx.filter_jit
 def _compute(layer, x1, x2, compute_ntk, diagonal_batch, diagonal_spatial):
     k = _kernel_from_canonical(
-        x1, x2, compute_ntk=compute_ntk, diagonal_batch=diagonal_batch,
+        x1,
+        x2,
+        compute_ntk=compute_ntk,
+        diagonal_batch=diagonal_batch,
         diagonal_spatial=diagonal_spatial,
     )
     return layer(k)
 
 
-def input_layout(layer: AbstractLayer, *, diagonal_batch: bool, diagonal_spatial: bool,
-                 has_spatial: bool) -> Diagonals:
+def input_layout(
+    layer: AbstractLayer, *, diagonal_batch: bool, diagonal_spatial: bool, has_spatial: bool
+) -> Diagonals:
     """The cheapest input layout serving the requested output layout, or a clear error."""
     req = layer.requires(Diagonals(bool(diagonal_batch), bool(diagonal_spatial)))
     if diagonal_batch and not req.batch:
@@ -70,14 +74,16 @@ def kernel(
             f"`layer` must be a kernelalg layer (e.g. `kernelalg.layers.Serial(...)`); got "
             f"{type(layer).__name__}."
         )
-    for name, flag in (("compute_ntk", compute_ntk), ("diagonal_batch", diagonal_batch),
-                       ("diagonal_spatial", diagonal_spatial)):
+    for name, flag in (
+        ("compute_ntk", compute_ntk),
+        ("diagonal_batch", diagonal_batch),
+        ("diagonal_spatial", diagonal_spatial),
+    ):
         if not isinstance(flag, bool):
             raise TypeError(f"`{name}` must be a bool; got {flag!r}.")
     x1c, x2c = canonicalize_inputs(x1, x2, batch_axis=batch_axis, channel_axis=channel_axis)
     layer.out_shape(x1c.shape[1:])
-    req = input_layout(layer, diagonal_batch=diagonal_batch, diagonal_spatial=diagonal_spatial,
-                       has_spatial=x1c.ndim > 2)
+    req = input_layout(
+        layer, diagonal_batch=diagonal_batch, diagonal_spatial=diagonal_spatial, has_spatial=x1c.ndim > 2
+    )
     return _compute(layer, x1c, x2c, compute_ntk, req.batch, req.spatial)
-
-

@@ -31,9 +31,7 @@ def canonicalize_inputs(
             arrays.append(None)
             continue
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise TypeError(
-                f"`{name}` must be a JAX or NumPy array; got {type(x).__name__}."
-            )
+            raise TypeError(f"`{name}` must be a JAX or NumPy array; got {type(x).__name__}.")
         if jnp.issubdtype(x.dtype, jnp.complexfloating) or x.dtype == jnp.bool_:
             raise TypeError(f"`{name}` must hold real numbers; got dtype {x.dtype}.")
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -54,14 +52,10 @@ def canonicalize_inputs(
     ndim = x1c.ndim
     for name, ax in (("batch_axis", batch_axis), ("channel_axis", channel_axis)):
         if not isinstance(ax, int) or not -ndim <= ax < ndim:
-            raise ValueError(
-                f"`{name}` must be an axis of `x1` (an int in [{-ndim}, {ndim})); got {ax!r}."
-            )
+            raise ValueError(f"`{name}` must be an axis of `x1` (an int in [{-ndim}, {ndim})); got {ax!r}.")
     b, c = batch_axis % ndim, channel_axis % ndim
     if b == c:
-        raise ValueError(
-            f"`batch_axis` ({batch_axis}) and `channel_axis` ({channel_axis}) must differ."
-        )
+        raise ValueError(f"`batch_axis` ({batch_axis}) and `channel_axis` ({channel_axis}) must differ.")
 
     def canon(x):
         return jnp.moveaxis(x, (b, c), (0, -1))
@@ -136,7 +130,10 @@ def kernel_from_inputs(
     """
     x1c, x2c = canonicalize_inputs(x1, x2, batch_axis=batch_axis, channel_axis=channel_axis)
     return _kernel_from_canonical(
-        x1c, x2c, compute_ntk=compute_ntk, diagonal_batch=diagonal_batch,
+        x1c,
+        x2c,
+        compute_ntk=compute_ntk,
+        diagonal_batch=diagonal_batch,
         diagonal_spatial=diagonal_spatial,
     )
 

@@ -85,8 +85,7 @@ class Kernel(eqx.Module):
                 )
         if self.nngp.shape[0] != self.shape1[0]:
             raise ValueError(
-                f"`Kernel.nngp` has {self.nngp.shape[0]} rows but `shape1` {self.shape1} "
-                "says otherwise."
+                f"`Kernel.nngp` has {self.nngp.shape[0]} rows but `shape1` {self.shape1} says otherwise."
             )
 
     @property

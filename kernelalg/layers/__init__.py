@@ -48,4 +48,4 @@ from ._elementwise import (
     Swish as Swish,
     Tanh as Tanh,
 )
-from ._reshape import Flatten as Flatten, FiniteFlatten as FiniteFlatten
+from ._reshape import FiniteFlatten as FiniteFlatten, Flatten as Flatten

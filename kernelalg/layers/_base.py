@@ -88,9 +88,7 @@ def hyperparameter(
             if jnp.issubdtype(arr.dtype, jnp.integer):
                 arr = arr.astype(jnp.result_type(float))
             else:
-                raise TypeError(
-                    f"`{owner}({name}=...)` must be real; got dtype {arr.dtype}."
-                )
+                raise TypeError(f"`{owner}({name}=...)` must be real; got dtype {arr.dtype}.")
     if not isinstance(arr, jax.core.Tracer):
         v = float(arr)
         if not np.isfinite(v):

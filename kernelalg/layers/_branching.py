@@ -125,8 +125,9 @@ class FanInProd(AbstractFanIn):
         return _same_shapes("FanInProd", self._branch_shapes(in_shape))
 
 
-def _concat(mats: list[Array | None], kernel_axis: int, batch_axes: int, diagonal_spatial: bool,
-            widths: list[int]) -> Array | None:
+def _concat(
+    mats: list[Array | None], kernel_axis: int, batch_axes: int, diagonal_spatial: bool, widths: list[int]
+) -> Array | None:
     # `kernel_axis`: 0 for channels, i >= 1 for the i-th spatial axis.
     if mats[0] is None:
         return None
@@ -143,7 +144,7 @@ def _concat(mats: list[Array | None], kernel_axis: int, batch_axes: int, diagona
     rows = []
     for i, m in enumerate(mats):
         pad = [(0, 0)] * m.ndim
-        pad[a + 1] = (sum(sizes[:i]), sum(sizes[i + 1:]))
+        pad[a + 1] = (sum(sizes[:i]), sum(sizes[i + 1 :]))
         rows.append(jnp.pad(m, pad))
     return jnp.concatenate(rows, axis=a)
 
@@ -192,8 +193,9 @@ class FanInConcat(AbstractFanIn):
                 "an affine layer) so that positions from different branches are uncorrelated."
             )
         widths = [s[-1] for s in shapes]
-        cat = functools.partial(_concat, kernel_axis=kernel_axis, diagonal_spatial=k.diagonal_spatial,
-                                widths=widths)
+        cat = functools.partial(
+            _concat, kernel_axis=kernel_axis, diagonal_spatial=k.diagonal_spatial, widths=widths
+        )
         b = 1 if k.diagonal_batch else 2
         return ks[0].replace(
             nngp=cat([kk.nngp for kk in ks], batch_axes=2),
@@ -215,12 +217,12 @@ class FanInConcat(AbstractFanIn):
         if any(len(s) != len(shapes[0]) for s in shapes):
             raise ValueError(f"`FanInConcat` branches must have outputs of equal rank; got {shapes}.")
         ax = self._example_axis(len(shapes[0]))
-        rest = [s[:ax] + s[ax + 1:] for s in shapes]
+        rest = [s[:ax] + s[ax + 1 :] for s in shapes]
         if any(r != rest[0] for r in rest):
             raise ValueError(
                 f"`FanInConcat(axis={self.axis})` branches must agree on every other axis; got {shapes}."
             )
-        return shapes[0][:ax] + (sum(s[ax] for s in shapes),) + shapes[0][ax + 1:]
+        return shapes[0][:ax] + (sum(s[ax] for s in shapes),) + shapes[0][ax + 1 :]
 
 
 class FiniteFanIn(AbstractFinite):

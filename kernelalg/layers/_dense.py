@@ -20,7 +20,9 @@ from ._base import (
 Parameterization = Literal["ntk", "standard"]
 
 
-def check_parameterization(owner: str, parameterization: str, s: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+def check_parameterization(
+    owner: str, parameterization: str, s: tuple[int, int]
+) -> tuple[str, tuple[int, int]]:
     if not isinstance(parameterization, str) or parameterization.lower() not in ("ntk", "standard"):
         raise ValueError(
             f"`{owner}(parameterization=...)` must be 'ntk' or 'standard'; got {parameterization!r}."
@@ -112,7 +114,9 @@ class Dense(AbstractLayer):
     def __call__(self, k: Kernel) -> Kernel:
         fan_in = k.shape1[-1] / self.s[0]
         nngp, ntk, cov1, cov2 = affine_kernel(k, self.W_std, self.b_std, self.parameterization, fan_in)
-        return with_shapes(k, self, nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True, is_input=False)
+        return with_shapes(
+            k, self, nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=True, is_input=False
+        )
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         in_shape = check_in_shape("Dense", in_shape)

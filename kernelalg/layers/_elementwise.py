@@ -168,7 +168,9 @@ class Erf(AbstractElementwise):
     b: Float[Array, ""]
     c: Float[Array, ""]
 
-    def __init__(self, a: Real[ArrayLike, ""] = 1.0, b: Real[ArrayLike, ""] = 1.0, c: Real[ArrayLike, ""] = 0.0):
+    def __init__(
+        self, a: Real[ArrayLike, ""] = 1.0, b: Real[ArrayLike, ""] = 1.0, c: Real[ArrayLike, ""] = 0.0
+    ):
         self.a = hyperparameter("Erf", "a", a)
         self.b = hyperparameter("Erf", "b", b)
         self.c = hyperparameter("Erf", "c", c)
@@ -209,7 +211,9 @@ class Sin(AbstractElementwise):
     b: Float[Array, ""]
     c: Float[Array, ""]
 
-    def __init__(self, a: Real[ArrayLike, ""] = 1.0, b: Real[ArrayLike, ""] = 1.0, c: Real[ArrayLike, ""] = 0.0):
+    def __init__(
+        self, a: Real[ArrayLike, ""] = 1.0, b: Real[ArrayLike, ""] = 1.0, c: Real[ArrayLike, ""] = 0.0
+    ):
         self.a = hyperparameter("Sin", "a", a)
         self.b = hyperparameter("Sin", "b", b)
         self.c = hyperparameter("Sin", "c", c)
@@ -228,7 +232,9 @@ class Cos(AbstractElementwise):
     b: Float[Array, ""]
     c: Float[Array, ""]
 
-    def __init__(self, a: Real[ArrayLike, ""] = 1.0, b: Real[ArrayLike, ""] = 1.0, c: Real[ArrayLike, ""] = 0.0):
+    def __init__(
+        self, a: Real[ArrayLike, ""] = 1.0, b: Real[ArrayLike, ""] = 1.0, c: Real[ArrayLike, ""] = 0.0
+    ):
         self.a = hyperparameter("Cos", "a", a)
         self.b = hyperparameter("Cos", "b", b)
         self.c = hyperparameter("Cos", "c", c)
@@ -314,7 +320,9 @@ class ExpNormalized(AbstractElementwise):
     shift: Float[Array, ""]
     do_clip: bool = eqx.field(static=True)
 
-    def __init__(self, gamma: Real[ArrayLike, ""] = 1.0, shift: Real[ArrayLike, ""] = -1.0, do_clip: bool = False):
+    def __init__(
+        self, gamma: Real[ArrayLike, ""] = 1.0, shift: Real[ArrayLike, ""] = -1.0, do_clip: bool = False
+    ):
         self.gamma = hyperparameter("ExpNormalized", "gamma", gamma)
         self.shift = hyperparameter("ExpNormalized", "shift", shift)
         self.do_clip = bool(do_clip)
@@ -428,7 +436,9 @@ class Elementwise(AbstractElementwise):
     nngp_fn: Callable | None = eqx.field(static=True)
     d_nngp_fn: Callable | None = eqx.field(static=True)
 
-    def __init__(self, fn: Callable | None = None, nngp_fn: Callable | None = None, d_nngp_fn: Callable | None = None):
+    def __init__(
+        self, fn: Callable | None = None, nngp_fn: Callable | None = None, d_nngp_fn: Callable | None = None
+    ):
         if fn is None and nngp_fn is None:
             raise ValueError("`Elementwise` needs `fn` (finite) or `nngp_fn` (kernel), or both.")
         for name, f in (("fn", fn), ("nngp_fn", nngp_fn), ("d_nngp_fn", d_nngp_fn)):
@@ -528,9 +538,9 @@ Swish = Silu
 
 
 class Elu(AbstractQuadrature):
-    __doc__ = (r"$\phi(x) = x$ for $x > 0$, $\alpha(e^x - 1)$ otherwise." +
-               _QUADRATURE_DOC.format(accuracy="1e-5 (NNGP) and 1e-3 (NTK factor: "
-                                      "$\\phi'$ jumps at 0)"))
+    __doc__ = r"$\phi(x) = x$ for $x > 0$, $\alpha(e^x - 1)$ otherwise." + _QUADRATURE_DOC.format(
+        accuracy="1e-5 (NNGP) and 1e-3 (NTK factor: $\\phi'$ jumps at 0)"
+    )
     alpha: Float[Array, ""]
     deg: int = eqx.field(static=True)
 
@@ -543,9 +553,11 @@ class Elu(AbstractQuadrature):
 
 
 class Selu(AbstractQuadrature):
-    __doc__ = (r"$\phi(x) = \lambda x$ for $x > 0$, $\lambda\alpha(e^x - 1)$ otherwise, "
-               r"with Klambauer et al.'s constants." +
-               _QUADRATURE_DOC.format(accuracy="1e-5 (NNGP) and 1e-3 (NTK factor)"))
+    __doc__ = (
+        r"$\phi(x) = \lambda x$ for $x > 0$, $\lambda\alpha(e^x - 1)$ otherwise, "
+        r"with Klambauer et al.'s constants."
+        + _QUADRATURE_DOC.format(accuracy="1e-5 (NNGP) and 1e-3 (NTK factor)")
+    )
     deg: int = eqx.field(static=True, default=64)
 
     def fn(self, x):

@@ -94,9 +94,7 @@ def gelu(c: ArrayLike, v1: ArrayLike, v2: ArrayLike) -> Duals:
     return nngp, dot
 
 
-def sin(
-    c: ArrayLike, v1: ArrayLike, v2: ArrayLike, a: ArrayLike, b: ArrayLike, shift: ArrayLike
-) -> Duals:
+def sin(c: ArrayLike, v1: ArrayLike, v2: ArrayLike, a: ArrayLike, b: ArrayLike, shift: ArrayLike) -> Duals:
     r"""$\phi(x) = a \sin(b x + \text{shift})$.
 
     $\hat\phi = \frac{a^2}{2}\left(e^{b^2(c - \frac{v_1+v_2}{2})}
@@ -171,7 +169,7 @@ def exp_normalized(
     return norm * e, gamma * e
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hermite_coefficients(coef: tuple[float, ...]) -> tuple[tuple[int, tuple[float, ...]], ...]:
     # p(sigma z) = sum_l sigma^l R_l(sigma^2) h_l(z) with h_l = He_l / sqrt(l!), from
     # z^m = sum_i m! / (2^i i! (m - 2i)!) He_{m - 2i}(z). Returns (l, coefficients of
@@ -228,7 +226,7 @@ def hermite(c: ArrayLike, degree: int) -> Duals:
     return c**degree, degree * c ** (degree - 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _arccos_polynomials(degree: int) -> tuple[np.ndarray, np.ndarray]:
     # F_n(rho) = E[u_+^n v_+^n] for unit variances = (A_n(rho) (pi - theta) + B_n(rho)
     # sqrt(1 - rho^2)) / (2 pi). Price's theorem gives F_n' = n^2 F_{n-1}, so
@@ -297,10 +295,10 @@ def rectified_monomial(c: ArrayLike, v1: ArrayLike, v2: ArrayLike, degree: int) 
         if n == 0:
             return (math.pi - theta) / (2 * math.pi) * jnp.ones_like(prod)
         a, b = _arccos_polynomials(n)
-        return (_homogeneous(a, c, prod, n) * (math.pi - theta)
-                + _homogeneous(b, c, prod, n - 1) * s) / (2 * math.pi)
+        return (_homogeneous(a, c, prod, n) * (math.pi - theta) + _homogeneous(b, c, prod, n - 1) * s) / (
+            2 * math.pi
+        )
 
     nngp = f(degree)
     dot = jnp.zeros_like(nngp) if degree == 0 else degree**2 * f(degree - 1)
     return nngp, dot
-

@@ -30,7 +30,7 @@ def unzip_axes(x: Array, start: int) -> Array:
 def spatial_diagonal(x: Array, start: int) -> Array:
     """Diagonal of every zipped pair of axes from `start`: `(.., a, a, b, b)` -> `(.., a, b)`."""
     k = (x.ndim - start) // 2
-    for i in range(k):
+    for _ in range(k):
         # Each diagonal call moves the new axis to the end, so the next pair is again
         # at `start`; after k calls the spatial axes are in their original order.
         x = jnp.diagonal(x, axis1=start, axis2=start + 1)

@@ -1,4 +1,4 @@
-"""Square root and angle with finite derivatives where the textbook ones blow up.
+r"""Square root and angle with finite derivatives where the textbook ones blow up.
 
 At perfectly correlated inputs the arc-cosine and erf duals take
 $\sqrt{v_1 v_2 - c^2}$ at zero, whose derivative is infinite; the kernel itself is
