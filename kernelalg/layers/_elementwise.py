@@ -12,7 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 from .._kernel import Kernel
 from .._requirements import Diagonals
 from ..ops import _duals as duals
-from ..ops._layout import outer_variances, variances
+from ..ops._layout import outer_variances, set_batch_diagonal, variances
 from ..ops._quadrature import derivative, gauss_hermite, split_gauss_legendre
 from ._base import AbstractFinite, AbstractLayer, check_in_shape, check_int, hyperparameter
 
@@ -47,7 +47,15 @@ class AbstractElementwise(AbstractLayer):
         var1 = variances(k.cov1, k.diagonal_batch, k.diagonal_spatial)
         var2 = var1 if k.cov2 is None else variances(k.cov2, k.diagonal_batch, k.diagonal_spatial)
         v1, v2 = outer_variances(var1, var2, k.diagonal_spatial, 2)
-        nngp, dot = self.dual(k.nngp, v1, v2)
+        c = k.nngp
+        if k.cov2 is None:
+            # x1 with itself: the diagonal of nngp must equal cov1 bit for bit, or the
+            # dual's square root sees ~1 ulp of spurious decorrelation (from differently
+            # fused affine updates) and turns it into sqrt(eps) errors and noise.
+            c = set_batch_diagonal(
+                c, k.cov1 if k.diagonal_batch else jnp.moveaxis(jnp.diagonal(k.cov1, 0, 0, 1), -1, 0)
+            )
+        nngp, dot = self.dual(c, v1, v2)
         ntk = None if k.ntk is None else k.ntk * dot
 
         def self_cov(cov, var):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from ._safe import safe_arctan2, safe_sqrt
+from ._safe import safe_sqrt, sine_and_angle
 
 
 Duals = tuple[Array, Array]
@@ -33,11 +33,7 @@ def ab_relu(c: ArrayLike, v1: ArrayLike, v2: ArrayLike, a: ArrayLike, b: ArrayLi
       + \left(\frac{a^2+b^2}{2} - \frac{(a-b)^2}{2\pi}\theta\right) c$ and
     $\hat\phi' = \frac{a^2+b^2}{2} - \frac{(a-b)^2}{2\pi}\theta$.
     """
-    # sqrt(v1) sqrt(v2) rather than sqrt(v1 v2): the product overflows float32 for
-    # variances beyond ~1e19, which deep networks with W_std > sqrt(2) reach.
-    root = safe_sqrt(v1) * safe_sqrt(v2)
-    s = safe_sqrt((root - c) * (root + c))
-    theta = safe_arctan2(s, c, math.pi / 2)
+    s, theta = sine_and_angle(c, v1, v2)
     factor = (a - b) ** 2 / (2 * math.pi)
     dot = (a * a + b * b) / 2 - factor * theta
     return factor * s + dot * c, dot
@@ -49,8 +45,7 @@ def sign(c: ArrayLike, v1: ArrayLike, v2: ArrayLike) -> Duals:
     $\phi' = 0$ almost everywhere, so the NTK contribution is zero (as in
     neural-tangents). A zero-variance input gives $\mathrm{sign}(0) = 0$.
     """
-    s = safe_sqrt(v1 * v2 - c * c)
-    theta = safe_arctan2(s, c, math.pi / 2)
+    _, theta = sine_and_angle(c, v1, v2)
     nngp = 1 - 2 * theta / math.pi
     return nngp, jnp.zeros_like(nngp)
 
@@ -288,8 +283,7 @@ def rectified_monomial(c: ArrayLike, v1: ArrayLike, v2: ArrayLike, degree: int) 
     (neural-tangents returns NaN variances for this layer).
     """
     prod = v1 * v2
-    s = safe_sqrt(prod - c * c)
-    theta = safe_arctan2(s, c, math.pi / 2)
+    s, theta = sine_and_angle(c, v1, v2)
 
     def f(n):
         if n == 0:

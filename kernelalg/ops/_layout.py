@@ -76,3 +76,9 @@ def outer_variances(
         shape1 += [v1.shape[b + i], 1]
         shape2 += [1, v2.shape[b + i]]
     return v1.reshape(shape1), v2.reshape(shape2)
+
+
+def set_batch_diagonal(cross: Array, diag: Array) -> Array:
+    """`cross` `(n, n, ...)` with `cross[i, i, ...] = diag[i, ...]`."""
+    idx = jnp.arange(cross.shape[0])
+    return cross.at[idx, idx].set(diag)

@@ -9,6 +9,7 @@ expression's derivative, which is what the callers need.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -44,3 +45,17 @@ def _safe_arctan2_jvp(fill, primals, tangents):
     out = safe_arctan2(y, x, fill)
     denom = jnp.maximum(x * x + y * y, jnp.asarray(1e-30, out.dtype))
     return out, (dy * x - dx * y) / denom
+
+
+def sine_and_angle(c: ArrayLike, v1: ArrayLike, v2: ArrayLike) -> tuple[Array, Array]:
+    r"""$(\sqrt{v_1 v_2 - c^2},\ \theta = \arccos(c/\sqrt{v_1 v_2}))$, exact at $c = v_1 = v_2$.
+
+    Written as $(r - c)(r + c)$ with $r = \sqrt{v_1 v_2}$: IEEE square roots give
+    $\sqrt{v \cdot v} = v$ exactly, so on the diagonal the factor $r - c$ is exactly 0
+    whatever the compiler fuses, whereas $v_1 v_2 - c^2$ contracted into an FMA leaves
+    the rounding error of $v^2$, which the square root amplifies to $\sqrt{\epsilon}$.
+    The factored form is also the more accurate one near $|c| = r$.
+    """
+    r = safe_sqrt(v1 * v2)
+    s = safe_sqrt((r - c) * (r + c))
+    return s, safe_arctan2(s, c, math.pi / 2)
