@@ -8,4 +8,7 @@ from ._kernel import Kernel as Kernel
 from ._requirements import Diagonals as Diagonals
 
 
-__version__ = importlib.metadata.version("kernelalg")
+try:
+    __version__ = importlib.metadata.version("kernelalg")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+    __version__ = "0+unknown"
