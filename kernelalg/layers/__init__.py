@@ -15,6 +15,13 @@ from ._combinators import (
     Repeat as Repeat,
     Serial as Serial,
 )
+from ._conv import (
+    AbstractConv as AbstractConv,
+    Conv as Conv,
+    ConvLocal as ConvLocal,
+    ConvTranspose as ConvTranspose,
+    FiniteConv as FiniteConv,
+)
 from ._dense import Dense as Dense, FiniteDense as FiniteDense
 from ._elementwise import (
     ABRelu as ABRelu,
@@ -47,5 +54,21 @@ from ._elementwise import (
     Softplus as Softplus,
     Swish as Swish,
     Tanh as Tanh,
+)
+from ._norm import (
+    Dropout as Dropout,
+    FiniteDropout as FiniteDropout,
+    FiniteLayerNorm as FiniteLayerNorm,
+    LayerNorm as LayerNorm,
+)
+from ._pool import (
+    AbstractGlobalPool as AbstractGlobalPool,
+    AbstractPool as AbstractPool,
+    AvgPool as AvgPool,
+    FiniteGlobalPool as FiniteGlobalPool,
+    FinitePool as FinitePool,
+    GlobalAvgPool as GlobalAvgPool,
+    GlobalSumPool as GlobalSumPool,
+    SumPool as SumPool,
 )
 from ._reshape import FiniteFlatten as FiniteFlatten, Flatten as Flatten

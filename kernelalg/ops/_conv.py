@@ -1,0 +1,181 @@
+r"""Convolution and pooling of covariance tensors, one spatial dimension at a time.
+
+A convolution with filter size $F$, stride $s$ and weights shared across positions
+maps a covariance $K$ (positions $p, q$ of one spatial dimension) to
+
+$$K'[i, j] = \frac{1}{F}\sum_{d=0}^{F-1} K[s i + d, s j + d]$$
+
+on the padded input (Novak et al. 2019; Arora et al. 2019), a sum along the
+diagonal direction only. Over several spatial dimensions the filter is a product, so
+the map is applied dimension by dimension: $\sum_k F_k$ shifted adds per output
+entry instead of neural-tangents' $\prod_k F_k$ (or $F_k^2$ per dimension through a
+convolution with a diagonal filter; google/neural-tangents #29). Pooling,
+$K'[i, j] = \frac{1}{W^2}\sum_{d, d'} K[s i + d, s j + d']$, is separable in the two
+axes of the pair as well: $2W$ adds per dimension.
+
+Layouts: `batch` leading axes (1 or 2), then per spatial dimension either a zipped
+pair of axes (full covariance) or one axis (`diagonal`).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+
+def out_size(size: int, window: int, stride: int, padding: str) -> int:
+    """Output length of a convolution/pooling along one axis (lax conventions)."""
+    if padding == "VALID":
+        return (size - window) // stride + 1
+    return -(-size // stride)  # SAME and CIRCULAR
+
+
+def _pads(size: int, window: int, stride: int, padding: str) -> tuple[int, int]:
+    if padding == "VALID":
+        return 0, 0
+    ((lo, hi),) = jax.lax.padtype_to_pads((size,), (window,), (stride,), "SAME")
+    return lo, hi
+
+
+def _pad(x: Array, axes: tuple[int, ...], pads: tuple[int, int], circular: bool) -> Array:
+    widths = [(0, 0)] * x.ndim
+    for a in axes:
+        widths[a] = pads
+    return jnp.pad(x, widths, mode="wrap" if circular else "constant")
+
+
+def _window(x: Array, axis: int, start: int, n: int, stride: int) -> Array:
+    return jax.lax.slice_in_dim(x, start, start + stride * (n - 1) + 1, stride, axis)
+
+
+def conv_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    """$\\frac1F\\sum_d x[s i + d, s j + d]$ over the axis pair `(axis, axis + 1)`."""
+    size = x.shape[axis]
+    n = out_size(size, window, stride, padding)
+    x = _pad(x, (axis, axis + 1), _pads(size, window, stride, padding), padding == "CIRCULAR")
+    out = None
+    for d in range(window):
+        term = _window(_window(x, axis, d, n, stride), axis + 1, d, n, stride)
+        out = term if out is None else out + term
+    return out / window
+
+
+def conv_diagonal(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    """$\\frac1F\\sum_d x[s i + d]$ along `axis` (a spatially diagonal covariance)."""
+    size = x.shape[axis]
+    n = out_size(size, window, stride, padding)
+    x = _pad(x, (axis,), _pads(size, window, stride, padding), padding == "CIRCULAR")
+    out = None
+    for d in range(window):
+        term = _window(x, axis, d, n, stride)
+        out = term if out is None else out + term
+    return out / window
+
+
+def window_sum(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    """$\\sum_d x[s i + d]$ along one axis (one axis of a pooled pair)."""
+    return conv_diagonal(x, axis, window, stride, padding) * window
+
+
+def _transpose_1d(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    # Transposed convolution of every 1-D fibre along `axis` with an all-ones filter.
+    x = jnp.moveaxis(x, axis, -1)
+    shape = x.shape
+    flat = x.reshape((-1, 1, shape[-1]))
+    rhs = jnp.ones((window, 1, 1), x.dtype)
+    pad = "VALID" if padding == "CIRCULAR" else padding
+    out = jax.lax.conv_transpose(flat, rhs, (stride,), pad, dimension_numbers=("NCH", "HIO", "NCH"))
+    return jnp.moveaxis(out.reshape(shape[:-1] + out.shape[-1:]), -1, axis)
+
+
+def circular_fold(x: Array, axis: int, size: int) -> Array:
+    """Fold a VALID transposed-convolution output of length `L` onto `size` positions
+    circularly, cropping as neural-tangents' CIRCULAR `ConvTranspose` does."""
+    length = x.shape[axis]
+    width = int(np.ceil(length / size)) // 2 * 2 + 1
+    dims = [1] * x.ndim
+    dims[axis] = width
+    dil = [1] * x.ndim
+    dil[axis] = size
+    x = jax.lax.reduce_window(
+        x, np.zeros((), x.dtype), jax.lax.add, tuple(dims), (1,) * x.ndim, "SAME", window_dilation=tuple(dil)
+    )
+    if length != size:
+        lo = (length - size) // 2
+        x = jax.lax.slice_in_dim(x, lo, lo + size, axis=axis)
+    return x
+
+
+def transpose_out_size(size: int, window: int, stride: int, padding: str) -> int:
+    if padding == "VALID":
+        return (size - 1) * stride + window
+    return size * stride
+
+
+def conv_transpose_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    """Covariance after a transposed convolution along the pair `(axis, axis + 1)`.
+
+    The same filter tap connects input $p$ to output $s p + d$ on both sides, so the
+    pair is treated as a 2-D image convolved (transposed) with the diagonal filter
+    $I_F / F$.
+    """
+    x = jnp.moveaxis(x, (axis, axis + 1), (-2, -1))
+    shape = x.shape
+    flat = x.reshape((-1, 1) + shape[-2:])
+    rhs = jnp.eye(window, dtype=x.dtype).reshape(window, window, 1, 1) / window
+    pad = "VALID" if padding == "CIRCULAR" else padding
+    out = jax.lax.conv_transpose(flat, rhs, (stride, stride), pad, dimension_numbers=("NCHW", "HWIO", "NCHW"))
+    out = out.reshape(shape[:-2] + out.shape[-2:])
+    if padding == "CIRCULAR":
+        n = transpose_out_size(shape[-1], window, stride, "SAME")
+        out = circular_fold(circular_fold(out, out.ndim - 2, n), out.ndim - 1, n)
+    return jnp.moveaxis(out, (-2, -1), (axis, axis + 1))
+
+
+def conv_transpose_diagonal(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    """Transposed convolution of a spatially diagonal covariance along `axis`."""
+    out = _transpose_1d(x, axis, window, stride, padding) / window
+    if padding == "CIRCULAR":
+        out = circular_fold(out, axis, transpose_out_size(x.shape[axis], window, stride, "SAME"))
+    return out
+
+
+def pool_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    """$\\sum_{d, d'} x[s i + d, s j + d']$: window sums along both axes of the pair."""
+    return window_sum(window_sum(x, axis, window, stride, padding), axis + 1, window, stride, padding)
+
+
+def edge_counts(size: int, window: int, stride: int, padding: str) -> np.ndarray:
+    """Number of non-padding inputs in each output window (for `normalize_edges`)."""
+    ones = jnp.ones((size,))
+    return np.asarray(window_sum(ones, 0, window, stride, "VALID" if padding == "CIRCULAR" else padding))
+
+
+def apply_per_dimension(
+    x: Array, batch: int, diagonal: bool, fn_pair, fn_diagonal, params: list[tuple[int, int]], padding: str
+) -> Array:
+    """Apply a per-dimension map over every spatial dimension of a covariance tensor."""
+    for k, (window, stride) in enumerate(params):
+        if diagonal:
+            x = fn_diagonal(x, batch + k, window, stride, padding)
+        else:
+            x = fn_pair(x, batch + 2 * k, window, stride, padding)
+    return x
+
+
+def embed_diagonal(x: Array, batch: int) -> Array:
+    """Spatially diagonal `(.., h, w)` -> full zipped `(.., h, h, w, w)`, zero off the
+    diagonal (the covariance of a layer with unshared weights)."""
+    s = x.ndim - batch
+    for k in range(s):
+        axis = batch + 2 * k
+        n = x.shape[axis]
+        eye = jnp.eye(n, dtype=x.dtype).reshape((1,) * axis + (n, n) + (1,) * (x.ndim - axis - 1))
+        x = jnp.expand_dims(x, axis + 1) * eye
+    return x
+
+
+def global_size(x: Array, batch: int) -> int:
+    return math.prod(x.shape[batch:])
