@@ -3,6 +3,17 @@
 import importlib.metadata
 
 from . import layers as layers, ops as ops
+from ._empirical._api import (
+    AbstractEmpiricalFn as AbstractEmpiricalFn,
+    EmpiricalKernel as EmpiricalKernel,
+    EmpiricalKernelFn as EmpiricalKernelFn,
+    EmpiricalNngpFn as EmpiricalNngpFn,
+    EmpiricalNtkFn as EmpiricalNtkFn,
+    NtkImplementation as NtkImplementation,
+    empirical_kernel_fn as empirical_kernel_fn,
+    empirical_nngp_fn as empirical_nngp_fn,
+    empirical_ntk_fn as empirical_ntk_fn,
+)
 from ._entry import kernel as kernel
 from ._kernel import Kernel as Kernel
 from ._requirements import Diagonals as Diagonals

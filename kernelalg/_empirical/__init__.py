@@ -1,0 +1,1 @@
+"""Empirical NNGP and NTK of finite networks (private; re-exported by `kernelalg`)."""
