@@ -164,15 +164,6 @@ def _run(
     )
 
 
-_AXES_DOC = r"""
-    - `trace_axes`: output axes $T$ summed over in pairs and divided by their size:
-      $\frac{1}{|T|}\sum_{t\in T} k(x_1, x_2)_{tt}$. Default `(-1,)`, the channels (or
-      logits), whose covariance is a multiple of the identity at infinite width.
-    - `diagonal_axes`: output axes kept once: only the entries with equal indices on
-      both sides (e.g. `(0,)` for per-example variances).
-"""
-
-
 class EmpiricalNngpFn(AbstractEmpiricalFn):
     r"""The empirical NNGP of a network: $\hat{\mathcal K}(x_1, x_2) = \frac{1}{|T|}
     \sum_{t \in T} f(x_1)_t \, f(x_2)_t$, made by `empirical_nngp_fn`.
@@ -268,21 +259,22 @@ def _check_vmap_axes(vmap_axes):
 def empirical_nngp_fn(
     f: Callable, trace_axes: int | tuple[int, ...] = (-1,), diagonal_axes: int | tuple[int, ...] = ()
 ) -> EmpiricalNngpFn:
-    (
-        r"""The empirical NNGP kernel of a finite network, $\hat{\mathcal K}(x_1, x_2) =
+    r"""The empirical NNGP kernel of a finite network, $\hat{\mathcal K}(x_1, x_2) =
     \frac{1}{|T|}\sum_{t \in T} f(x_1)_t\, f(x_2)_t$ (one sample, not an expectation).
 
     **Arguments:**
 
     - `f`: a function `f(params, x)` of a batch `x` (neural-tangents style), or an
       equinox model acting on one example (its array leaves are the parameters).
-    """
-        + _AXES_DOC
-        + r"""
+    - `trace_axes`: output axes $T$ summed over in pairs and divided by their size:
+      $\frac{1}{|T|}\sum_{t\in T} k(x_1, x_2)_{tt}$. Default `(-1,)`, the channels (or
+      logits), whose covariance is a multiple of the identity at infinite width.
+    - `diagonal_axes`: output axes kept once: only the entries with equal indices on
+      both sides (e.g. `(0,)` for per-example variances).
+
     **Returns:** an `EmpiricalNngpFn`, called as `nngp_fn(x1, x2, params)` (or
     `nngp_fn(x1, x2)` for a model). neural-tangents: `nt.empirical_nngp_fn`.
     """
-    )
     _check_f(f, "empirical_nngp_fn")
     return EmpiricalNngpFn(
         f, _check_axes_arg("trace_axes", trace_axes), _check_axes_arg("diagonal_axes", diagonal_axes)
@@ -296,8 +288,7 @@ def empirical_ntk_fn(
     vmap_axes: PyTree = None,
     implementation: NtkImplementation | int = NtkImplementation.JACOBIAN_CONTRACTION,
 ) -> EmpiricalNtkFn:
-    (
-        r"""The empirical neural tangent kernel of a finite network (Jacot et al. 2018):
+    r"""The empirical neural tangent kernel of a finite network (Jacot et al. 2018):
 
     $$\hat\Theta(x_1, x_2) = \frac{1}{|T|}\sum_{t \in T}\sum_{\theta}
       \frac{\partial f(x_1)_t}{\partial \theta}\,\frac{\partial f(x_2)_t}{\partial \theta},$$
@@ -322,9 +313,11 @@ def empirical_ntk_fn(
     **Arguments:**
 
     - `f`: `f(params, x)` (neural-tangents style), or an equinox model.
-    """
-        + _AXES_DOC
-        + r"""
+    - `trace_axes`: output axes $T$ summed over in pairs and divided by their size:
+      $\frac{1}{|T|}\sum_{t\in T} k(x_1, x_2)_{tt}$. Default `(-1,)`, the channels (or
+      logits), whose covariance is a multiple of the identity at infinite width.
+    - `diagonal_axes`: output axes kept once: only the entries with equal indices on
+      both sides (e.g. `(0,)` for per-example variances).
     - `vmap_axes`: for `f(params, x)`: `None` (default), or the axis (an int, or
       `(in_axes, out_axes, kwargs_axes)` with empty `kwargs_axes`) along which `f` is a
       batch of independent examples, so that Jacobians are taken one example at a time.
@@ -344,7 +337,6 @@ def empirical_ntk_fn(
     Keyword arguments of `f` (neural-tangents' `**apply_fn_kwargs`) are not threaded
     through; bind them with `functools.partial`. neural-tangents: `nt.empirical_ntk_fn`.
     """
-    )
     _check_f(f, "empirical_ntk_fn")
     return EmpiricalNtkFn(
         f,
