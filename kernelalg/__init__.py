@@ -14,8 +14,20 @@ from ._empirical._api import (
     empirical_nngp_fn as empirical_nngp_fn,
     empirical_ntk_fn as empirical_ntk_fn,
 )
+from ._empirical._vp import (
+    NtkVectorProductFn as NtkVectorProductFn,
+    empirical_ntk_vp_fn as empirical_ntk_vp_fn,
+)
 from ._entry import kernel as kernel
 from ._kernel import Kernel as Kernel
+from ._linearize import (
+    AbstractExpandedModel as AbstractExpandedModel,
+    Linearized as Linearized,
+    TaylorExpanded as TaylorExpanded,
+    TaylorExpandedFn as TaylorExpandedFn,
+    linearize as linearize,
+    taylor_expand as taylor_expand,
+)
 from ._requirements import Diagonals as Diagonals
 
 

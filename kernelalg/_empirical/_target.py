@@ -11,25 +11,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..layers._base import AbstractLayer
+from ..layers._base import AbstractFinite, AbstractLayer
 
 
 def _is_layer(node) -> bool:
     return isinstance(node, AbstractLayer)
 
 
-def parameter_spec(tree, frozen: Callable[[Any], bool] = lambda node: False):
-    """`True` at the parameters of `tree`: its floating-point array leaves, except those
-    inside a kernelalg layer (an activation's coefficients held by a finite twin are
-    hyperparameters, as in neural-tangents where they are Python constants) and inside
-    nodes for which `frozen` is true. Returns a filter spec (a prefix of `tree`)."""
+# Fields of kernelalg's finite twins that hold hyperparameters read through
+# `stop_gradient` (`FiniteDense.W_std`, ...): they are not parameters.
+_TWIN_HYPERPARAMETERS = ("W_std", "b_std")
 
-    def spec(node):
+
+def _is_twin_hyperparameter(tree, path) -> bool:
+    if not path or not isinstance(path[-1], jax.tree_util.GetAttrKey):
+        return False
+    if path[-1].name not in _TWIN_HYPERPARAMETERS:
+        return False
+    node = tree
+    for key in path[:-1]:
+        if isinstance(key, jax.tree_util.GetAttrKey):
+            node = getattr(node, key.name, None)
+        elif isinstance(key, (jax.tree_util.SequenceKey, jax.tree_util.DictKey)):
+            try:
+                node = node[key.idx if isinstance(key, jax.tree_util.SequenceKey) else key.key]
+            except (KeyError, IndexError, TypeError):
+                return False
+        else:
+            return False
+    return isinstance(node, AbstractFinite)
+
+
+def parameter_spec(tree, frozen: Callable[[Any], bool] = lambda node: False):
+    """`True` at the parameters of `tree`: its floating-point array leaves, except
+    hyperparameters of kernelalg layers and finite twins (an activation's coefficients
+    held by a twin, `FiniteDense.W_std`: in neural-tangents these are Python constants)
+    and leaves inside nodes for which `frozen` is true. Returns a filter spec for
+    `eqx.partition` (a prefix of `tree`)."""
+
+    def spec(path, node):
         if _is_layer(node) or frozen(node):
             return False
-        return eqx.is_inexact_array(node)
+        return eqx.is_inexact_array(node) and not _is_twin_hyperparameter(tree, path)
 
-    return jax.tree_util.tree_map(spec, tree, is_leaf=lambda n: _is_layer(n) or frozen(n))
+    return jax.tree_util.tree_map_with_path(spec, tree, is_leaf=lambda n: _is_layer(n) or frozen(n))
 
 
 def split_parameters(tree, frozen: Callable[[Any], bool] = lambda node: False):
