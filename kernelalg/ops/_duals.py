@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from ._safe import safe_sqrt, sine_and_angle
+from ._safe import fast_arctan2, safe_sqrt, sine_and_angle
 
 
 Duals = tuple[Array, Array]
@@ -64,7 +64,7 @@ def erf_dual(
     b2 = b * b
     c, v1, v2 = b2 * c, b2 * v1, b2 * v2
     root = safe_sqrt((1 + 2 * v1) * (1 + 2 * v2) - 4 * c * c)
-    nngp = a * a * (2 / math.pi) * jnp.arctan2(2 * c, root) + shift * shift
+    nngp = a * a * (2 / math.pi) * fast_arctan2(2 * c, root) + shift * shift
     dot = a * a * b2 * (4 / math.pi) / root
     return nngp, dot
 
@@ -82,7 +82,7 @@ def gelu(c: ArrayLike, v1: ArrayLike, v2: ArrayLike) -> Duals:
     q = (1 + v1) * (1 + v2)
     delta2 = q - c * c
     delta = safe_sqrt(delta2)
-    angle = jnp.arctan2(c, delta)
+    angle = fast_arctan2(c, delta)
     nngp = c / 4 + ((c * c + p * delta2) / (q * delta) + c * angle) / (2 * math.pi)
     dot = 0.25 + angle / (2 * math.pi)
     dot = dot + c / delta / (2 * math.pi) * (1 / delta2 + (1 - p) / q + 1)
