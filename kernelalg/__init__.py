@@ -28,6 +28,11 @@ from ._linearize import (
     linearize as linearize,
     taylor_expand as taylor_expand,
 )
+from ._monte_carlo import (
+    MonteCarloKernel as MonteCarloKernel,
+    MonteCarloKernelFn as MonteCarloKernelFn,
+    monte_carlo_kernel_fn as monte_carlo_kernel_fn,
+)
 from ._requirements import Diagonals as Diagonals
 
 
