@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from . import layers as layers, ops as ops
+from . import layers as layers, ops as ops, predict as predict
 from ._empirical._api import (
     AbstractEmpiricalFn as AbstractEmpiricalFn,
     EmpiricalKernel as EmpiricalKernel,
