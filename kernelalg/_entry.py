@@ -4,19 +4,21 @@ from jaxtyping import ArrayLike, Float
 from ._inputs import _kernel_from_canonical, canonicalize_inputs
 from ._kernel import Kernel
 from ._requirements import Diagonals
-from .layers._base import AbstractLayer
+from .layers._base import AbstractLayer, remask_kernel
 
 
 @eqx.filter_jit
-def _compute(layer, x1, x2, compute_ntk, diagonal_batch, diagonal_spatial):
+def _compute(layer, x1, x2, m1, m2, compute_ntk, diagonal_batch, diagonal_spatial):
     k = _kernel_from_canonical(
         x1,
         x2,
         compute_ntk=compute_ntk,
         diagonal_batch=diagonal_batch,
         diagonal_spatial=diagonal_spatial,
+        mask1=m1,
+        mask2=m2,
     )
-    return layer(k)
+    return remask_kernel(layer(remask_kernel(k)))
 
 
 def input_layout(
@@ -45,6 +47,7 @@ def kernel(
     compute_ntk: bool = True,
     diagonal_batch: bool = True,
     diagonal_spatial: bool = False,
+    mask_constant: float | None = None,
     batch_axis: int = 0,
     channel_axis: int = -1,
 ) -> Kernel:
@@ -59,6 +62,10 @@ def kernel(
       `None`).
     - `compute_ntk`: also compute $\Theta$; otherwise `ntk` is `None`.
     - `diagonal_batch`: the returned `cov1`/`cov2` hold only variances `(n, ...)`.
+    - `mask_constant`: inputs equal to it (NaN matches NaN) are padding of
+      variable-length examples: a position whose channels all equal it is masked,
+      pooling and attention ignore it, and kernel entries involving it are 0
+      (neural-tangents' convention).
     - `diagonal_spatial`: return only the spatial diagonal
       (`nngp[i, j, h, w]`, `O(N^2 |S|)`); an error if a layer needs more.
 
@@ -81,9 +88,11 @@ def kernel(
     ):
         if not isinstance(flag, bool):
             raise TypeError(f"`{name}` must be a bool; got {flag!r}.")
-    x1c, x2c = canonicalize_inputs(x1, x2, batch_axis=batch_axis, channel_axis=channel_axis)
+    x1c, x2c, m1, m2 = canonicalize_inputs(
+        x1, x2, batch_axis=batch_axis, channel_axis=channel_axis, mask_constant=mask_constant
+    )
     layer.out_shape(x1c.shape[1:])
     req = input_layout(
         layer, diagonal_batch=diagonal_batch, diagonal_spatial=diagonal_spatial, has_spatial=x1c.ndim > 2
     )
-    return _compute(layer, x1c, x2c, compute_ntk, req.batch, req.spatial)
+    return _compute(layer, x1c, x2c, m1, m2, compute_ntk, req.batch, req.spatial)

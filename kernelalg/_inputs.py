@@ -20,10 +20,14 @@ def canonicalize_inputs(
     *,
     batch_axis: int = 0,
     channel_axis: int = -1,
-) -> tuple[Array, Array | None]:
+    mask_constant: float | None = None,
+) -> tuple[Array, Array | None, Array | None, Array | None]:
     """Check the inputs and move them to batch-first, channels-last float arrays.
 
-    Raises `TypeError`/`ValueError` naming the argument, before any computation.
+    Returns `(x1, x2, mask1, mask2)`: with `mask_constant`, entries equal to it (NaN
+    matches NaN) are replaced by 0, and a position is masked (`True`) where all its
+    channels are. Raises `TypeError`/`ValueError` naming the argument, before any
+    computation.
     """
     arrays = []
     for name, x in (("x1", x1), ("x2", x2)):
@@ -76,19 +80,35 @@ def canonicalize_inputs(
         if x1c.dtype != x2c.dtype:
             dtype = jnp.promote_types(x1c.dtype, x2c.dtype)
             x1c, x2c = x1c.astype(dtype), x2c.astype(dtype)
+    if mask_constant is not None and not isinstance(mask_constant, (int, float)):
+        raise TypeError(f"`mask_constant` must be a float (or None); got {mask_constant!r}.")
+    masks = []
+    outs = []
+    for x in (x1c, x2c):
+        if x is None or mask_constant is None:
+            outs.append(x)
+            masks.append(None)
+            continue
+        hit = jnp.isnan(x) if np.isnan(mask_constant) else x == mask_constant
+        outs.append(jnp.where(hit, jnp.zeros((), x.dtype), x))
+        masks.append(jnp.all(hit, axis=-1))
+    x1c, x2c = outs
     for name, x in (("x1", x1c), ("x2", x2c)):
         if x is not None and _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
             raise ValueError(
                 f"`{name}` contains NaN or infinite values; kernels of such inputs are "
-                "undefined. Clean or mask the inputs first."
+                "undefined. Clean the inputs, or mark padding with `mask_constant`."
             )
-    return x1c, x2c
+    return x1c, x2c, masks[0], masks[1]
 
 
 def _cross(x1: Array, x2: Array, diagonal_spatial: bool) -> Array:
     n1, n2, c = x1.shape[0], x2.shape[0], x1.shape[-1]
     spatial = x1.shape[1:-1]
-    if diagonal_spatial:
+    if not spatial:
+        # A plain GEMM: the general einsum below costs 2.5x as much for (n, 1, c) operands.
+        out = jnp.matmul(x1, x2.T, precision=_HIGHEST)
+    elif diagonal_spatial:
         out = jnp.einsum("n...c,m...c->nm...", x1, x2, precision=_HIGHEST)
     else:
         p = int(np.prod(spatial, dtype=int))
@@ -128,13 +148,15 @@ def kernel_from_inputs(
     `channel_axis`; the covariance averages over channels, as in neural-tangents. The
     NTK of the inputs is zero (they have no parameters).
     """
-    x1c, x2c = canonicalize_inputs(x1, x2, batch_axis=batch_axis, channel_axis=channel_axis)
+    x1c, x2c, m1, m2 = canonicalize_inputs(x1, x2, batch_axis=batch_axis, channel_axis=channel_axis)
     return _kernel_from_canonical(
         x1c,
         x2c,
         compute_ntk=compute_ntk,
         diagonal_batch=diagonal_batch,
         diagonal_spatial=diagonal_spatial,
+        mask1=mask1,
+        mask2=mask2 if x2 is not None else None,
     )
 
 
@@ -145,6 +167,8 @@ def _kernel_from_canonical(
     compute_ntk: bool,
     diagonal_batch: bool,
     diagonal_spatial: bool,
+    mask1: Array | None = None,
+    mask2: Array | None = None,
 ) -> Kernel:
     diagonal_spatial = diagonal_spatial and x1.ndim > 2
     nngp = _cross(x1, x1 if x2 is None else x2, diagonal_spatial)
@@ -167,4 +191,6 @@ def _kernel_from_canonical(
         is_input=True,
         diagonal_batch=diagonal_batch,
         diagonal_spatial=diagonal_spatial,
+        mask1=mask1,
+        mask2=mask2 if x2 is not None else None,
     )

@@ -36,7 +36,9 @@ class Kernel(eqx.Module):
     - `diagonal_batch`: `cov1`/`cov2` hold only the per-example variances.
     - `diagonal_spatial`: only the spatial diagonal is stored: `nngp[i, j, h, w]`
       instead of `nngp[i, j, h1, h2, w1, w2]`.
-    - `mask1`, `mask2`: masks of variable-length inputs (`None`: nothing masked).
+    - `mask1`, `mask2`: `(n, *spatial)` booleans, `True` at masked positions of
+      variable-length inputs (see `kernelalg.kernel`'s `mask_constant`); `None`:
+      nothing masked. Kernel entries involving a masked position are zero.
 
     Spatial axes are doubled unless `diagonal_spatial`, in neural-tangents' zipped
     order: `nngp[i, j, h1, h2, w1, w2]` is the covariance of sample `i` at `(h1, w1)`
@@ -58,8 +60,8 @@ class Kernel(eqx.Module):
     is_input: bool = eqx.field(static=True, default=False)
     diagonal_batch: bool = eqx.field(static=True, default=True)
     diagonal_spatial: bool = eqx.field(static=True, default=False)
-    mask1: Bool[Array, "..."] | None = None
-    mask2: Bool[Array, "..."] | None = None
+    mask1: Bool[Array, "n1 *mask_spatial"] | None = None
+    mask2: Bool[Array, "n2 *mask_spatial"] | None = None
 
     def __check_init__(self):
         s = _spatial_ndim(self.shape1)

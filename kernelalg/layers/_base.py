@@ -9,6 +9,7 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray, Real
 
 from .._kernel import Kernel
 from .._requirements import Diagonals
+from ..ops._layout import remask
 
 
 class AbstractLayer(eqx.Module):
@@ -132,3 +133,28 @@ def with_shapes(k: Kernel, layer: AbstractLayer, **changes) -> Kernel:
         shape2=(k.shape2[0],) + layer.out_shape(k.shape2[1:]),
         **changes,
     )
+
+
+def remask_kernel(k: Kernel) -> Kernel:
+    """Zero every kernel entry that involves a masked position (neural-tangents'
+    `remask_kernel`), so that pooling and attention see masked positions as absent."""
+    if k.mask1 is None and k.mask2 is None:
+        return k
+    m1 = k.mask1
+    m2 = m1 if k.cov2 is None else k.mask2
+    b = 1 if k.diagonal_batch else 2
+    ds = k.diagonal_spatial
+    return k.replace(
+        nngp=remask(k.nngp, m1, m2, ds, 2),
+        ntk=remask(k.ntk, m1, m2, ds, 2),
+        cov1=remask(k.cov1, m1, m1, ds, b),
+        cov2=remask(k.cov2, m2, m2, ds, b),
+    )
+
+
+def map_masks(k: Kernel, fn) -> dict:
+    """`mask1=fn(mask1), mask2=fn(mask2)` for `Kernel.replace`, skipping `None`."""
+    return {
+        "mask1": None if k.mask1 is None else fn(k.mask1),
+        "mask2": None if k.mask2 is None else fn(k.mask2),
+    }

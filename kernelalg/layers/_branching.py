@@ -8,7 +8,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._kernel import Kernel
 from .._requirements import Diagonals
-from ._base import AbstractFinite, AbstractLayer, check_in_shape
+from ._base import AbstractFinite, AbstractLayer, check_in_shape, remask_kernel
 from ._combinators import _check_layers
 
 
@@ -24,7 +24,15 @@ class AbstractFanIn(AbstractLayer):
     branches: eqx.AbstractVar[tuple[AbstractLayer, ...]]
 
     def _branch_kernels(self, k: Kernel) -> list[Kernel]:
-        return [b(k) for b in self.branches]
+        return [remask_kernel(b(k)) for b in self.branches]
+
+    def _and_masks(self, ks: list[Kernel]) -> dict:
+        # A position of the combined output is masked only where every branch masks it.
+        def combine(attr):
+            masks = [getattr(kk, attr) for kk in ks if getattr(kk, attr) is not None]
+            return functools.reduce(jnp.logical_and, masks) if masks else None
+
+        return {"mask1": combine("mask1"), "mask2": combine("mask2")}
 
     def requires(self, out: Diagonals) -> Diagonals:
         return functools.reduce(Diagonals.meet, [b.requires(out) for b in self.branches])
@@ -78,6 +86,7 @@ class FanInSum(AbstractFanIn):
         return functools.reduce(lambda a, b: a + b, ks).replace(
             is_gaussian=all(kk.is_gaussian for kk in ks),
             is_input=all(kk.is_input for kk in ks),
+            **self._and_masks(ks),
         )
 
     def init(self, key: PRNGKeyArray, in_shape: tuple[int, ...]) -> "FiniteFanIn":
@@ -115,6 +124,7 @@ class FanInProd(AbstractFanIn):
             cov2=None if ks[0].cov2 is None else prod([kk.cov2 for kk in ks]),
             is_gaussian=len(ks) == 1 and ks[0].is_gaussian,
             is_input=False,
+            **self._and_masks(ks),
         )
 
     def init(self, key: PRNGKeyArray, in_shape: tuple[int, ...]) -> "FiniteFanIn":
@@ -206,6 +216,16 @@ class FanInConcat(AbstractFanIn):
             shape2=(k.shape2[0],) + out,
             is_gaussian=kernel_axis != 0,
             is_input=False,
+            **(
+                self._and_masks(ks)
+                if kernel_axis == 0
+                else {
+                    name: None
+                    if getattr(ks[0], name) is None
+                    else jnp.concatenate([getattr(kk, name) for kk in ks], axis=kernel_axis)
+                    for name in ("mask1", "mask2")
+                }
+            ),
         )
 
     def init(self, key: PRNGKeyArray, in_shape: tuple[int, ...]) -> "FiniteFanIn":

@@ -4,7 +4,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._kernel import Kernel
 from .._requirements import Diagonals
-from ._base import AbstractFinite, AbstractLayer, check_in_shape, check_int
+from ._base import AbstractFinite, AbstractLayer, check_in_shape, check_int, remask_kernel
 
 
 def _check_layers(owner: str, layers) -> tuple[AbstractLayer, ...]:
@@ -28,7 +28,7 @@ class Serial(AbstractLayer):
 
     def __call__(self, k: Kernel) -> Kernel:
         for layer in self.layers:
-            k = layer(k)
+            k = remask_kernel(layer(k))
         return k
 
     def init(self, key: PRNGKeyArray, in_shape: tuple[int, ...]) -> "FiniteSerial":
@@ -122,7 +122,7 @@ class Repeat(AbstractLayer):
             )
 
         def body(kernel, _):
-            return self.layer(kernel), None
+            return remask_kernel(self.layer(kernel)), None
 
         k, _ = jax.lax.scan(body, k, length=self.n - 1)
         return k

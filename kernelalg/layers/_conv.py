@@ -11,7 +11,15 @@ from .._kernel import Kernel
 from .._requirements import Diagonals
 from ..ops import _conv as conv_ops
 from ..ops._layout import spatial_diagonal
-from ._base import AbstractFinite, AbstractLayer, check_in_shape, check_int, hyperparameter, with_shapes
+from ._base import (
+    AbstractFinite,
+    AbstractLayer,
+    check_in_shape,
+    check_int,
+    hyperparameter,
+    map_masks,
+    with_shapes,
+)
 from ._dense import check_parameterization
 
 
@@ -112,6 +120,11 @@ class AbstractConv(AbstractLayer):
     def _finalise(self, x: Array | None, batch: int, diagonal: bool) -> Array | None:
         return x
 
+    def _mask(self, m: Array) -> Array:
+        for i, (f, st) in enumerate(zip(self.filter_shape, self.strides)):
+            m = conv_ops.pool_mask(m, 1 + i, f, st, self.padding)
+        return m
+
     def __call__(self, k: Kernel) -> Kernel:
         self.out_shape(k.shape1[1:])
         b_cov1 = 1 if k.diagonal_batch else 2
@@ -143,6 +156,7 @@ class AbstractConv(AbstractLayer):
             cov2=go(k.cov2, b_cov1, w2, b2),
             is_gaussian=True,
             is_input=False,
+            **map_masks(k, self._mask),
         )
 
     def _init_params(self, key: PRNGKeyArray, in_shape: tuple[int, ...], w_shape, b_shape):
@@ -384,6 +398,11 @@ class ConvTranspose(AbstractConv):
             list(zip(self.filter_shape, self.strides)),
             self.padding,
         )
+
+    def _mask(self, m):
+        for i, (f, st) in enumerate(zip(self.filter_shape, self.strides)):
+            m = conv_ops.transpose_mask(m, 1 + i, f, st, self.padding)
+        return m
 
     def init(self, key: PRNGKeyArray, in_shape: tuple[int, ...]) -> "FiniteConv":
         in_shape = check_spatial_input("ConvTranspose", in_shape, len(self.filter_shape))

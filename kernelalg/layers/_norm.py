@@ -56,13 +56,19 @@ class LayerNorm(AbstractLayer):
             )
         return 0 in axes, tuple(sorted(a - 1 for a in axes if 0 < a < ndim - 1))
 
-    def _norms(self, k: Kernel, cov: Array, n: int) -> Array:
-        r"""$\epsilon$ + variances averaged over the normalised axes, shape `(n, *spatial)`."""
+    def _norms(self, k: Kernel, cov: Array, n: int, mask: Array | None) -> Array:
+        r"""$\epsilon$ + variances averaged over the normalised axes (over unmasked
+        positions only), shape `(n, *spatial)`."""
         over_batch, spatial = self._axes(len(k.shape1))
         var = variances(cov, k.diagonal_batch, k.diagonal_spatial)
         axes = tuple(1 + a for a in spatial) + ((0,) if over_batch else ())
         if axes:
-            var = jnp.mean(var, axis=axes, keepdims=True)
+            if mask is None:
+                var = jnp.mean(var, axis=axes, keepdims=True)
+            else:
+                keep = (~mask).astype(var.dtype)
+                count = jnp.sum(keep, axis=axes, keepdims=True)
+                var = jnp.sum(var * keep, axis=axes, keepdims=True) / jnp.maximum(count, 1)
         return jnp.broadcast_to(self.eps + var, (n,) + tuple(k.shape1[1:-1]))
 
     def __call__(self, k: Kernel) -> Kernel:
@@ -71,8 +77,8 @@ class LayerNorm(AbstractLayer):
             raise ValueError(
                 "`LayerNorm` needs Gaussian inputs; put an affine layer (`Dense`, `Conv`, ...) before it."
             )
-        n1 = self._norms(k, k.cov1, k.shape1[0])
-        n2 = n1 if k.cov2 is None else self._norms(k, k.cov2, k.shape2[0])
+        n1 = self._norms(k, k.cov1, k.shape1[0], k.mask1)
+        n2 = n1 if k.cov2 is None else self._norms(k, k.cov2, k.shape2[0], k.mask2)
         a, b = outer_variances(n1, n2, k.diagonal_spatial, 2)
         scale = jax.lax.rsqrt(a * b)
         nngp = k.nngp * scale

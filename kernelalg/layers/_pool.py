@@ -10,7 +10,8 @@ from jaxtyping import Array, PRNGKeyArray
 from .._kernel import Kernel
 from .._requirements import Diagonals
 from ..ops import _conv as conv_ops
-from ._base import AbstractFinite, AbstractLayer, check_in_shape, with_shapes
+from ..ops._layout import masked_counts
+from ._base import AbstractFinite, AbstractLayer, check_in_shape, map_masks, with_shapes
 from ._conv import Padding, check_padding, check_spatial_input, check_window
 
 
@@ -73,10 +74,16 @@ class AbstractPool(AbstractLayer):
                     x = x / float(div) ** 2
             return x
 
+        def mask(m):
+            for i, (w, st) in enumerate(zip(self.window_shape, self.strides)):
+                m = conv_ops.pool_mask(m, 1 + i, w, st, self.padding)
+            return m
+
         b = 1 if k.diagonal_batch else 2
         return with_shapes(
             k,
             self,
+            **map_masks(k, mask),
             nngp=pool(k.nngp, 2),
             ntk=pool(k.ntk, 2),
             cov1=pool(k.cov1, b),
@@ -196,22 +203,35 @@ class AbstractGlobalPool(AbstractLayer):
         if k.diagonal_spatial:
             raise ValueError(f"`{name}` needs the full spatial covariance; got a diagonal_spatial kernel.")
         size = math.prod(k.shape1[1:-1])
+        m1 = k.mask1
+        m2 = m1 if k.cov2 is None else k.mask2
+        # With masks, the average runs over unmasked positions only; masked entries are
+        # already zero, so only the counts change. A fully masked example gives 0.
+        c1 = masked_counts(m1, k.shape1[0], size).astype(k.nngp.dtype)
+        c2 = masked_counts(m2, k.shape2[0], size).astype(k.nngp.dtype)
 
-        def pool(x, batch):
+        def pool(x, batch, ca, cb):
             if x is None:
                 return None
             out = jnp.sum(x, axis=tuple(range(batch, x.ndim)))
-            return out / size**2 if self.mode == "avg" else out
+            if self.mode == "sum":
+                return out
+            denom = ca * cb
+            return jnp.where(denom > 0, out / jnp.where(denom > 0, denom, 1), 0)
 
         b = 1 if k.diagonal_batch else 2
+        outer = (c1[:, None], c2[None, :])
+        self1 = (c1, c1) if k.diagonal_batch else (c1[:, None], c1[None, :])
+        self2 = (c2, c2) if k.diagonal_batch else (c2[:, None], c2[None, :])
         return with_shapes(
             k,
             self,
-            nngp=pool(k.nngp, 2),
-            ntk=pool(k.ntk, 2),
-            cov1=pool(k.cov1, b),
-            cov2=pool(k.cov2, b),
+            nngp=pool(k.nngp, 2, *outer),
+            ntk=pool(k.ntk, 2, *outer),
+            cov1=pool(k.cov1, b, *self1),
+            cov2=pool(k.cov2, b, *self2),
             is_input=False,
+            **map_masks(k, lambda m: jnp.all(m.reshape(m.shape[0], -1), axis=1)),
         )
 
     def init(self, key: PRNGKeyArray, in_shape: tuple[int, ...]) -> "FiniteGlobalPool":

@@ -6,7 +6,7 @@ from jaxtyping import Array, PRNGKeyArray
 from .._kernel import Kernel
 from .._requirements import Diagonals
 from ..ops._layout import spatial_diagonal
-from ._base import AbstractFinite, AbstractLayer, check_in_shape, with_shapes
+from ._base import AbstractFinite, AbstractLayer, check_in_shape, map_masks, with_shapes
 
 
 class Flatten(AbstractLayer):
@@ -44,6 +44,7 @@ class Flatten(AbstractLayer):
             diagonal_spatial=False,
             is_gaussian=False,
             is_input=False,
+            **map_masks(k, lambda m: jnp.all(m.reshape(m.shape[0], -1), axis=1)),
         )
 
     def init(self, key: PRNGKeyArray, in_shape: tuple[int, ...]) -> "FiniteFlatten":

@@ -179,3 +179,21 @@ def embed_diagonal(x: Array, batch: int) -> Array:
 
 def global_size(x: Array, batch: int) -> int:
     return math.prod(x.shape[batch:])
+
+
+def pool_mask(mask: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    """Output mask of a window operation along `axis`: an output position is masked
+    where the input at its window's centre is (neural-tangents' convention)."""
+    size = mask.shape[axis]
+    n = out_size(size, window, stride, padding)
+    lo, _ = _pads(size, window, stride, padding)
+    start = -lo + (window - 1) // 2
+    idx = (start + stride * np.arange(n)) % size  # wraps only for CIRCULAR padding
+    return jnp.take(mask, jnp.asarray(idx), axis=axis)
+
+
+def transpose_mask(mask: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    """Output mask of a transposed convolution: masked where any input reaching it is.
+    CIRCULAR padding propagates masks as SAME (no wrap-around), as neural-tangents."""
+    pad = "SAME" if padding == "CIRCULAR" else padding
+    return _transpose_1d(mask.astype(jnp.float32), axis, window, stride, pad) > 0

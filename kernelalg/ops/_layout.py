@@ -7,7 +7,7 @@ when `diagonal_batch`, else two.
 """
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Shaped
 
 
 def zip_axes(x: Array, start: int) -> Array:
@@ -49,8 +49,8 @@ def variances(
 
 
 def outer_variances(
-    var1: Float[Array, "n1 *spatial"],
-    var2: Float[Array, "n2 *spatial"],
+    var1: Shaped[Array, "n1 *spatial"],
+    var2: Shaped[Array, "n2 *spatial"],
     diagonal_spatial: bool,
     batch_axes: int,
 ) -> tuple[Array, Array]:
@@ -82,3 +82,31 @@ def set_batch_diagonal(cross: Array, diag: Array) -> Array:
     """`cross` `(n, n, ...)` with `cross[i, i, ...] = diag[i, ...]`."""
     idx = jnp.arange(cross.shape[0])
     return cross.at[idx, idx].set(diag)
+
+
+def _outer_masks(m1: Array, m2: Array, diagonal_spatial: bool, batch_axes: int) -> Array:
+    a, b = outer_variances(m1, m2, diagonal_spatial, batch_axes)
+    return a | b
+
+
+def remask(
+    cov: Array | None, m1: Array | None, m2: Array | None, diagonal_spatial: bool, batch_axes: int
+) -> Array | None:
+    """Zero the entries of a covariance tensor that involve a masked position.
+
+    `m1`, `m2`: `(n, *spatial)` booleans (`True` = masked) of the two sides, or None.
+    """
+    if cov is None or (m1 is None and m2 is None):
+        return cov
+    if m1 is None:
+        m1 = jnp.zeros((cov.shape[0],) + m2.shape[1:], bool)
+    if m2 is None:
+        m2 = jnp.zeros(((cov.shape[1] if batch_axes == 2 else cov.shape[0]),) + m1.shape[1:], bool)
+    return jnp.where(_outer_masks(m1, m2, diagonal_spatial, batch_axes), jnp.zeros((), cov.dtype), cov)
+
+
+def masked_counts(m: Array | None, n: int, size: int) -> Array:
+    """Unmasked positions per example: `(n,)` (all `size` when there is no mask)."""
+    if m is None:
+        return jnp.full((n,), size)
+    return jnp.sum(~m.reshape(m.shape[0], -1), axis=1)
