@@ -127,7 +127,7 @@ def jacobian_factors(target: Target, tree, x, plan: Plan, forward_mode: bool) ->
 
 def contract_factors(
     f1: Factors, f2: Factors, tree, plan: Plan, o: int, ndim: int, b: int | None, trace, diag
-) -> jax.Array:
+) -> list[jax.Array]:
     """The terms (one per parameter leaf, probed layer and call pair) of the NTK of
     output leaf `o`, not yet divided by the traced size."""
     l1, l2 = out_labels(1, ndim, b), out_labels(2, ndim, b)
