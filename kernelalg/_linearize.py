@@ -195,6 +195,12 @@ def taylor_expand(
     `nt.taylor_expand(f, params, degree)`.
     """
     owner = "linearize" if degree == 1 else "taylor_expand"
+    if isinstance(f, eqx.Module) and isinstance(params, numbers.Number):
+        raise TypeError(
+            f"`{owner}(model, {params!r})`: the second argument is the parameters of a function "
+            f"`f(params, x)`; for an equinox model pass the degree by keyword: "
+            f"`taylor_expand(model, degree={params!r})`."
+        )
     if degree is None:
         raise TypeError("`taylor_expand` needs `degree=...`, an int >= 0.")
     degree = _check_degree(degree, owner)
@@ -207,12 +213,6 @@ def taylor_expand(
             )
         check_has_parameters(f, owner)
         return Linearized(f) if degree == 1 else TaylorExpanded(f, degree)
-    if isinstance(f, eqx.Module) and isinstance(params, numbers.Number):
-        raise TypeError(
-            f"`{owner}(model, {params!r})`: the second argument is the parameters of a function "
-            f"`f(params, x)`; for an equinox model pass the degree by keyword: "
-            f"`taylor_expand(model, degree={params!r})`."
-        )
     if not callable(f):
         raise TypeError(f"`{owner}`: `f` must be callable as `f(params, x)`; got {type(f).__name__}.")
     check_has_parameters(params, owner)

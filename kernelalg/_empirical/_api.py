@@ -107,10 +107,10 @@ def _canonical_get(get) -> tuple[tuple[str, ...], bool]:
 
 
 def _compute_kernels(f, trace_axes, diagonal_axes, vmap_axes, implementation, owner, x1, x2, kinds, params):
+    if "ntk" in kinds and (params is not None or isinstance(f, eqx.Module)):
+        check_has_parameters(f if params is None else params, owner)
     target = make_target(f, params, vmap_axes, x1, x2, owner)
     tree = target.tree
-    if "ntk" in kinds:
-        check_has_parameters(tree, owner)
     check = target.per_example and not target.model_mode
     values = "nngp" in kinds or check
     forward = target.call if values else (lambda t, x: eqx.filter_eval_shape(target.call, t, x))
