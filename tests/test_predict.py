@@ -179,6 +179,18 @@ def test_auto_jitter_escalates_and_reports():
     assert all(np.all(np.isfinite(a)) for a in e(None, 0.0, 0.0, ktd))
 
 
+def test_float32_conditioned_kernel_is_not_called_singular():
+    # A near-constant kernel (large top eigenvalue) with condition number ~3e4 is fine
+    # in float32; a threshold of N eps lambda_max (instead of sqrt(N) eps lambda_max)
+    # called it singular.
+    n = 512
+    k = np.ones((n, n)) + 0.02 * np.eye(n)
+    y = np.asarray(jr.normal(jr.key(8), (n, 1)))
+    want = kp.gradient_descent_mse(k, y)(None, None, 0.0, k[:4])
+    got = kp.gradient_descent_mse(k.astype(np.float32), y)(None, None, 0.0, k[:4].astype(np.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+
+
 def test_singular_kernel_raises_under_jit():
     kdd, _, y = _duplicate_kernel()
     with pytest.raises(Exception, match="not positive definite"):

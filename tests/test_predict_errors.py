@@ -17,7 +17,7 @@ K, KT, KTT = _k[:8, :8], _k[8:, :8], _k[8:, 8:]
 Y = np.asarray(jr.normal(jr.key(21), (8, 2)))
 G0 = np.zeros((5, 2))
 Pair = collections.namedtuple("Pair", "nngp ntk")
-NO_NTK = ka.Kernel.from_inputs(jr.normal(jr.key(22), (8, 10)), compute_ntk=False)
+NO_NTK = ka.kernel(kl.Dense(1), jr.normal(jr.key(22), (8, 10)), compute_ntk=False)
 NET = kl.Serial(kl.Dense(4, W_std=1.3, b_std=0.2), kl.Relu(), kl.Dense(1))
 
 

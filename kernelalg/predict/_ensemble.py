@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Real
 
@@ -149,60 +150,66 @@ def _ensemble_outputs(
     x_shape: tuple[int, ...],
     compute_cov: bool,
 ) -> tuple[dict[str, Prediction], dict[str, Array]]:
-    lay = p.layout
-    y_flat = lay.flatten(p.y_train)
-    ktd2 = {g: to_matrix(a) for g, a in ktd.items()}
-    on_train = not ktd
-    t_shape = () if t is None else t.shape
-    tau = None if t is None else (t * p.learning_rate / p.y_train.size).reshape(-1, 1)
+    # float32 matrix products at full precision (not TF32 on GPUs): predictions
+    # multiply kernels that were solved against, where 1e-3 errors are amplified.
+    with jax.default_matmul_precision("highest"):
+        lay = p.layout
+        y_flat = lay.flatten(p.y_train)
+        ktd2 = {g: to_matrix(a) for g, a in ktd.items()}
+        on_train = not ktd
+        t_shape = () if t is None else t.shape
+        tau = None if t is None else (t * p.learning_rate / p.y_train.size).reshape(-1, 1)
 
-    def mean_out(m):
-        m = lay.unflatten(m, x_shape, lead=1)
-        return m.reshape(t_shape + m.shape[1:])
+        def mean_out(m):
+            m = lay.unflatten(m, x_shape, lead=1)
+            return m.reshape(t_shape + m.shape[1:])
 
-    def cov_out(c):
-        c = from_matrix(c, x_shape, x_shape, lead=1)
-        return c.reshape(t_shape + c.shape[1:])
+        def cov_out(c):
+            c = from_matrix(c, x_shape, x_shape, lead=1)
+            return c.reshape(t_shape + c.shape[1:])
 
-    out: dict[str, Prediction] = {}
-    singular = {}
-    for g in gets:
-        eig = p.nngp if g == "nngp" else p.ntk
-        assert eig is not None
-        singular[g] = ~eig.positive_definite()
-        v, evals = eig.evecs, eig.evals
-        v_y = v.T @ y_flat
-        if on_train:
-            mean = jnp.einsum("ji,ti,ic->tjc", v, growth(evals, tau), v_y)
-        else:
-            mean = jnp.einsum("mi,ti,ic->tmc", ktd2[g] @ v, growth_over(evals, tau), v_y)
-        if not compute_cov:
-            out[g] = mean_out(mean)
-            continue
-        nngp_dd = p.nngp_train
-        if on_train:
-            e = decay(evals, tau)
-            if g == "nngp":
-                cov = jnp.einsum("ji,ti,ki->tjk", v, jnp.maximum(evals, 0)[None] * e**2, v)
+        out: dict[str, Prediction] = {}
+        singular = {}
+        for g in gets:
+            eig = p.nngp if g == "nngp" else p.ntk
+            assert eig is not None
+            singular[g] = ~eig.positive_definite()
+            v, evals = eig.evecs, eig.evals
+            v_y = v.T @ y_flat
+            if on_train:
+                mean = jnp.einsum("ji,ti,ic->tjc", v, growth(evals, tau), v_y)
             else:
-                ev = jnp.einsum("ji,ti,ki->tjk", v, e, v)
-                cov = ev @ nngp_dd @ ev
-        else:
-            assert ktt is not None
-            ktt2 = to_matrix(ktt)[None]
-            ktd_v = ktd2[g] @ v
-            if g == "nngp":
-                tau2 = None if tau is None else 2 * tau
-                cov = ktt2 - jnp.einsum("mi,ti,li->tml", ktd_v, growth_over(evals, tau2), ktd_v)
+                mean = jnp.einsum("mi,ti,ic->tmc", ktd2[g] @ v, growth_over(evals, tau), v_y)
+            if not compute_cov:
+                out[g] = mean_out(mean)
+                continue
+            nngp_dd = p.nngp_train
+            if on_train:
+                e = decay(evals, tau)
+                if g == "nngp":
+                    cov = jnp.einsum("ji,ti,ki->tjk", v, jnp.maximum(evals, 0)[None] * e**2, v)
+                else:
+                    ev = jnp.einsum("ji,ti,ki->tjk", v, e, v)
+                    cov = ev @ nngp_dd @ ev
             else:
-                # term_1 = G_tau Theta_dx (train x test), term_2 = Theta_xd G_tau K_dx.
-                term_1 = jnp.einsum("ji,ti,li->tjl", v, growth_over(evals, tau), ktd_v)
-                term_2 = jnp.swapaxes(jnp.einsum("ml,tlk->tmk", ktd2["nngp"], term_1), 1, 2)
-                cov = (
-                    jnp.swapaxes(term_1, 1, 2) @ nngp_dd @ term_1 - term_2 - jnp.swapaxes(term_2, 1, 2) + ktt2
-                )
-        out[g] = Gaussian(mean_out(mean), cov_out(cov))
-    return out, singular
+                assert ktt is not None
+                ktt2 = to_matrix(ktt)[None]
+                ktd_v = ktd2[g] @ v
+                if g == "nngp":
+                    tau2 = None if tau is None else 2 * tau
+                    cov = ktt2 - jnp.einsum("mi,ti,li->tml", ktd_v, growth_over(evals, tau2), ktd_v)
+                else:
+                    # term_1 = G_tau Theta_dx (train x test), term_2 = Theta_xd G_tau K_dx.
+                    term_1 = jnp.einsum("ji,ti,li->tjl", v, growth_over(evals, tau), ktd_v)
+                    term_2 = jnp.swapaxes(jnp.einsum("ml,tlk->tmk", ktd2["nngp"], term_1), 1, 2)
+                    cov = (
+                        jnp.swapaxes(term_1, 1, 2) @ nngp_dd @ term_1
+                        - term_2
+                        - jnp.swapaxes(term_2, 1, 2)
+                        + ktt2
+                    )
+            out[g] = Gaussian(mean_out(mean), cov_out(cov))
+        return out, singular
 
 
 def gradient_descent_mse_ensemble(

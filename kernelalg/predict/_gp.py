@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Real
 
@@ -196,39 +197,42 @@ def _posterior(
     x_shape: tuple[int, ...],
     train_cov: bool,
 ) -> tuple[dict[str, Prediction], dict[str, Array]]:
-    lay = p.layout
-    nonfinite = {f"k_test_train.{h}": count_nonfinite(a) for h, a in ktd.items()}
-    nonfinite.update({f"k_test_test.{h}": count_nonfinite(a) for h, a in ktt.items()})
-    ktd2 = {h: to_matrix(a) for h, a in ktd.items()}
-    ktt2 = {h: to_matrix(a) for h, a in ktt.items()}
-    out: dict[str, Prediction] = {}
-    for g in gets:
-        kg = "nngp" if g == "nngp" else "ntk"
-        fac = p.nngp if kg == "nngp" else p.ntk
-        weights = p.nngp_weights if kg == "nngp" else p.ntk_weights
-        assert fac is not None and weights is not None  # checked by the caller
-        if not ktd:
-            if train_cov:
-                zeros = jnp.zeros((lay.n, lay.n), p.y_train.dtype)
-                out[g] = Gaussian(p.y_train, from_matrix(zeros, lay.x_shape, lay.x_shape))
+    # float32 matrix products at full precision (not TF32 on GPUs): predictions
+    # multiply kernels that were solved against, where 1e-3 errors are amplified.
+    with jax.default_matmul_precision("highest"):
+        lay = p.layout
+        nonfinite = {f"k_test_train.{h}": count_nonfinite(a) for h, a in ktd.items()}
+        nonfinite.update({f"k_test_test.{h}": count_nonfinite(a) for h, a in ktt.items()})
+        ktd2 = {h: to_matrix(a) for h, a in ktd.items()}
+        ktt2 = {h: to_matrix(a) for h, a in ktt.items()}
+        out: dict[str, Prediction] = {}
+        for g in gets:
+            kg = "nngp" if g == "nngp" else "ntk"
+            fac = p.nngp if kg == "nngp" else p.ntk
+            weights = p.nngp_weights if kg == "nngp" else p.ntk_weights
+            assert fac is not None and weights is not None  # checked by the caller
+            if not ktd:
+                if train_cov:
+                    zeros = jnp.zeros((lay.n, lay.n), p.y_train.dtype)
+                    out[g] = Gaussian(p.y_train, from_matrix(zeros, lay.x_shape, lay.x_shape))
+                else:
+                    out[g] = p.y_train
+                continue
+            mean = lay.unflatten(ktd2[kg] @ weights, x_shape)
+            if not ktt:
+                out[g] = mean
+                continue
+            if g in ("nngp", "ntkgp"):
+                # K_tt - K_td K^-1 K_dt as V^T V with V = L^-1 K_dt: symmetric by construction.
+                v = fac.half_solve(ktd2[kg].T)
+                cov = ktt2[kg] - v.T @ v
             else:
-                out[g] = p.y_train
-            continue
-        mean = lay.unflatten(ktd2[kg] @ weights, x_shape)
-        if not ktt:
-            out[g] = mean
-            continue
-        if g in ("nngp", "ntkgp"):
-            # K_tt - K_td K^-1 K_dt as V^T V with V = L^-1 K_dt: symmetric by construction.
-            v = fac.half_solve(ktd2[kg].T)
-            cov = ktt2[kg] - v.T @ v
-        else:
-            assert p.nngp is not None
-            a = fac.solve(ktd2["ntk"].T)  # Theta_dd^-1 Theta_dx
-            cross = ktd2["nngp"] @ a
-            cov = ktt2["nngp"] - cross - cross.T + a.T @ p.nngp.kernel @ a
-        out[g] = Gaussian(mean, from_matrix(cov, x_shape, x_shape))
-    return out, nonfinite
+                assert p.nngp is not None
+                a = fac.solve(ktd2["ntk"].T)  # Theta_dd^-1 Theta_dx
+                cross = ktd2["nngp"] @ a
+                cov = ktt2["nngp"] - cross - cross.T + a.T @ p.nngp.kernel @ a
+            out[g] = Gaussian(mean, from_matrix(cov, x_shape, x_shape))
+        return out, nonfinite
 
 
 def gp_inference(
@@ -260,7 +264,7 @@ def gp_inference(
     - `trace_axes`: output axes along which the kernel is a multiple of the identity
       (absent from the kernel): the kernel is read as $K \otimes I$.
     - `auto_jitter`: if the regularised kernel is not positive definite to working
-      precision, add jitter $10^k N \varepsilon \bar{K}_{ii}$ ($k = 1, 2, \dots$, up to
+      precision, add jitter $10^k \sqrt{N} \varepsilon \bar{K}_{ii}$ ($k = 1, 2, \dots$, up to
       a tenth of the mean diagonal) until it is; the total is reported as
       `predictor.nngp.jitter` / `predictor.ntk.jitter`. Without it, such a kernel
       raises a `ValueError` listing causes and fixes.
@@ -269,7 +273,8 @@ def gp_inference(
 
     Computations run in the kernels' dtype. In float32, a Cholesky factorisation
     loses about $\log_{10}\kappa$ of its 7 digits ($\kappa$ the condition number);
-    a pivot below $N \varepsilon \max_i K_{ii}$ is reported as a failure rather than
+    a squared Cholesky pivot below $\sqrt{N} \varepsilon \lVert K \rVert_F$ (a condition
+    number beyond about $1/(\sqrt{N}\varepsilon)$) is reported as a failure rather than
     returned as noise.
     """
     check_nonnegative(diag_reg, "diag_reg")

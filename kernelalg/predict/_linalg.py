@@ -36,14 +36,17 @@ def regularizer(
 
 
 def _threshold(n: int, dtype: Any, scale: Array) -> Array:
-    # A pivot (or eigenvalue) below n * eps * scale means the matrix is singular to
-    # working precision: a solve with it would return round-off noise.
-    return n * jnp.finfo(dtype).eps * scale
+    # An eigenvalue below sqrt(n) eps lambda_max (condition number above
+    # 1 / (sqrt(n) eps)) means the matrix is singular to working precision: rounding
+    # moves eigenvalues by about eps lambda_max, and a solve would return noise. For
+    # Cholesky the squared pivots (each >= lambda_min) are held to the same bound, with
+    # the Frobenius norm (>= lambda_max) as the scale.
+    return float(np.sqrt(n) * np.finfo(dtype).eps) * scale
 
 
 def _jitter_levels(n: int, dtype: Any, scale: Array) -> Array:
-    """Automatic jitters to try after the requested one: $10^k n \\epsilon s$ up to $s/10$."""
-    base = n * float(np.finfo(dtype).eps)
+    """Automatic jitters to try after the requested one: $10^k \\sqrt{n} \\epsilon s$ up to $s/10$."""
+    base = float(np.sqrt(n) * np.finfo(dtype).eps)
     count = max(1, math.ceil(math.log10(0.1 / base))) if base < 0.1 else 1
     return scale * base * 10.0 ** jnp.arange(1, count + 1, dtype=dtype)
 
@@ -146,7 +149,7 @@ def _attempt(a: Array, jitter: Array) -> tuple[Array, Bool[Array, ""]]:
     chol = jnp.linalg.cholesky(m)
     pivots = jnp.diagonal(chol)
     ok = jnp.all(jnp.isfinite(chol)) & (
-        jnp.min(pivots) ** 2 > _threshold(n, a.dtype, jnp.max(jnp.diagonal(m)))
+        jnp.min(pivots) ** 2 > _threshold(n, a.dtype, jnp.sqrt(jnp.sum(m**2)))
     )
     return chol, ok
 
@@ -160,33 +163,36 @@ def _cholesky_core(
     rhs: Array | None,
     layout: Layout | None,
 ) -> tuple[CholeskyFactor, _Diagnosis, Array | None]:
-    a = to_matrix(k)
-    sym, d = _measure(a)
-    n = a.shape[0]
-    jitter = regularizer(sym, diag_reg, absolute)
-    chol, ok = _attempt(sym, jitter)
-    levels = jax.lax.stop_gradient(_jitter_levels(n, a.dtype, _mean_diagonal(sym)))
-    if auto:
-        # The search is not differentiated: the jitter it finds is a constant, and the
-        # factor is recomputed outside the loop so that gradients flow through `a` and
-        # `diag_reg` (reverse-mode cannot go through a while loop).
-        fixed, base = jax.lax.stop_gradient(sym), jax.lax.stop_gradient(jitter)
+    # float32 matrix products at full precision (not TF32 on GPUs): predictions
+    # multiply kernels that were solved against, where 1e-3 errors are amplified.
+    with jax.default_matmul_precision("highest"):
+        a = to_matrix(k)
+        sym, d = _measure(a)
+        n = a.shape[0]
+        jitter = regularizer(sym, diag_reg, absolute)
+        chol, ok = _attempt(sym, jitter)
+        levels = jax.lax.stop_gradient(_jitter_levels(n, a.dtype, _mean_diagonal(sym)))
+        if auto:
+            # The search is not differentiated: the jitter it finds is a constant, and the
+            # factor is recomputed outside the loop so that gradients flow through `a` and
+            # `diag_reg` (reverse-mode cannot go through a while loop).
+            fixed, base = jax.lax.stop_gradient(sym), jax.lax.stop_gradient(jitter)
 
-        def cond(state):
-            k, ok = state
-            return (~ok) & (k < levels.shape[0])
+            def cond(state):
+                k, ok = state
+                return (~ok) & (k < levels.shape[0])
 
-        def body(state):
-            k, _ = state
-            return k + 1, _attempt(fixed, base + levels[k])[1]
+            def body(state):
+                k, _ = state
+                return k + 1, _attempt(fixed, base + levels[k])[1]
 
-        k, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), jax.lax.stop_gradient(ok)))
-        extra = jnp.where(k == 0, jnp.zeros((), a.dtype), levels[jnp.maximum(k - 1, 0)])
-        jitter = jitter + extra
-        chol, ok = jax.lax.cond(k == 0, lambda: (chol, ok), lambda: _attempt(sym, jitter))
-    fac = CholeskyFactor(sym, chol, jitter)
-    solved = None if rhs is None or layout is None else fac.solve(layout.flatten(rhs))
-    return fac, d._replace(failed=~ok, max_jitter=levels[-1]), solved
+            k, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), jax.lax.stop_gradient(ok)))
+            extra = jnp.where(k == 0, jnp.zeros((), a.dtype), levels[jnp.maximum(k - 1, 0)])
+            jitter = jitter + extra
+            chol, ok = jax.lax.cond(k == 0, lambda: (chol, ok), lambda: _attempt(sym, jitter))
+        fac = CholeskyFactor(sym, chol, jitter)
+        solved = None if rhs is None or layout is None else fac.solve(layout.flatten(rhs))
+        return fac, d._replace(failed=~ok, max_jitter=levels[-1]), solved
 
 
 def cholesky_factor(
@@ -215,7 +221,8 @@ def cholesky_factor(
         out,
         d.failed,
         f"`{name}` is not positive definite to working precision{{detail}}: its Cholesky "
-        "factorisation failed or has a pivot below N * eps * max diagonal. " + _CAUSES.format(dtype=a.dtype),
+        "factorisation failed or has a squared pivot below sqrt(N) * eps * |K|_F. "
+        + _CAUSES.format(dtype=a.dtype),
         detail,
     )
 
@@ -241,7 +248,7 @@ class EigenFactor(eqx.Module):
     jitter: Float[Array, ""]
 
     def positive_definite(self) -> Bool[Array, ""]:
-        """Whether the smallest eigenvalue is above $N \\epsilon \\lambda_{max}$ (solves are safe)."""
+        """Whether the smallest eigenvalue is above $\\sqrt{N} \\epsilon \\lambda_{max}$ (solves are safe)."""
         n = self.evals.shape[0]
         return self.evals[0] > _threshold(n, self.evals.dtype, jnp.max(jnp.abs(self.evals)))
 
@@ -268,23 +275,26 @@ def check_definite(anchor: Any, factor: EigenFactor, singular: Bool[ArrayLike, "
 def _eigen_core(
     k: Float[Array, "..."], diag_reg: Float[Array, ""], absolute: bool, auto: bool
 ) -> tuple[EigenFactor, _Diagnosis]:
-    a = to_matrix(k)
-    sym, d = _measure(a)
-    n = a.shape[0]
-    jitter = regularizer(sym, diag_reg, absolute)
-    evals, evecs = jnp.linalg.eigh(sym + jitter * jnp.eye(n, dtype=a.dtype))
-    levels = jax.lax.stop_gradient(_jitter_levels(n, a.dtype, _mean_diagonal(sym)))
-    if auto:
-        # A shift of the diagonal shifts every eigenvalue and keeps the eigenvectors:
-        # the smallest sufficient level of the schedule is found without refactoring.
-        candidates = jnp.concatenate([jnp.zeros((1,), a.dtype), levels])
-        top = jnp.max(jnp.abs(evals))
-        good = jax.lax.stop_gradient(evals[0] + candidates > _threshold(n, a.dtype, top + candidates))
-        extra = candidates[jnp.where(jnp.any(good), jnp.argmax(good), candidates.shape[0] - 1)]
-        evals = evals + extra
-        jitter = jitter + extra
-    factor = EigenFactor(evals, evecs, jitter)
-    return factor, d._replace(failed=~factor.positive_definite(), max_jitter=levels[-1])
+    # float32 matrix products at full precision (not TF32 on GPUs): predictions
+    # multiply kernels that were solved against, where 1e-3 errors are amplified.
+    with jax.default_matmul_precision("highest"):
+        a = to_matrix(k)
+        sym, d = _measure(a)
+        n = a.shape[0]
+        jitter = regularizer(sym, diag_reg, absolute)
+        evals, evecs = jnp.linalg.eigh(sym + jitter * jnp.eye(n, dtype=a.dtype))
+        levels = jax.lax.stop_gradient(_jitter_levels(n, a.dtype, _mean_diagonal(sym)))
+        if auto:
+            # A shift of the diagonal shifts every eigenvalue and keeps the eigenvectors:
+            # the smallest sufficient level of the schedule is found without refactoring.
+            candidates = jnp.concatenate([jnp.zeros((1,), a.dtype), levels])
+            top = jnp.max(jnp.abs(evals))
+            good = jax.lax.stop_gradient(evals[0] + candidates > _threshold(n, a.dtype, top + candidates))
+            extra = candidates[jnp.where(jnp.any(good), jnp.argmax(good), candidates.shape[0] - 1)]
+            evals = evals + extra
+            jitter = jitter + extra
+        factor = EigenFactor(evals, evecs, jitter)
+        return factor, d._replace(failed=~factor.positive_definite(), max_jitter=levels[-1])
 
 
 def eigen_factor(

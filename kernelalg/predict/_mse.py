@@ -139,36 +139,39 @@ def _mse_outputs(
     ktd: Array | None,
     x_shape: tuple[int, ...],
 ) -> tuple[tuple[Array | None, Array | None], Array, dict[str, Array]]:
-    lay, eig, y = p.layout, p.eigen, p.y_train
-    f0 = None if f0 is None else jnp.broadcast_to(f0, y.shape)
-    g0 = None if g0 is None else jnp.broadcast_to(g0, lay.out_shape(x_shape))
-    nonfinite = {} if ktd is None else {"k_test_train": count_nonfinite(ktd)}
-    ktd2 = None if ktd is None else to_matrix(ktd)
-    rhs = lay.flatten(-y if f0 is None else f0 - y)
-    v = eig.evecs
-    v_rhs = v.T @ rhs
-    singular = ~eig.positive_definite()
-    if t is None:
-        fx_test = None
+    # float32 matrix products at full precision (not TF32 on GPUs): predictions
+    # multiply kernels that were solved against, where 1e-3 errors are amplified.
+    with jax.default_matmul_precision("highest"):
+        lay, eig, y = p.layout, p.eigen, p.y_train
+        f0 = None if f0 is None else jnp.broadcast_to(f0, y.shape)
+        g0 = None if g0 is None else jnp.broadcast_to(g0, lay.out_shape(x_shape))
+        nonfinite = {} if ktd is None else {"k_test_train": count_nonfinite(ktd)}
+        ktd2 = None if ktd is None else to_matrix(ktd)
+        rhs = lay.flatten(-y if f0 is None else f0 - y)
+        v = eig.evecs
+        v_rhs = v.T @ rhs
+        singular = ~eig.positive_definite()
+        if t is None:
+            fx_test = None
+            if ktd2 is not None and g0 is not None:
+                d = ktd2 @ (v @ (v_rhs / eig.evals[:, None]))
+                fx_test = g0 - lay.unflatten(d, x_shape)
+            return (None if f0 is None else y, fx_test), singular, nonfinite
+
+        tau = (t * p.learning_rate / y.size).reshape(-1, 1)
+
+        def shaped(d, x_shape, start):
+            d = lay.unflatten(d, x_shape, lead=1)
+            return jnp.expand_dims(start, tuple(range(t.ndim))) + d.reshape(t.shape + d.shape[1:])
+
+        fx_train = fx_test = None
+        if f0 is not None:
+            d = jnp.einsum("ji,ti,ic->tjc", v, -growth(eig.evals, tau), v_rhs)
+            fx_train = shaped(d, lay.x_shape, f0)
         if ktd2 is not None and g0 is not None:
-            d = ktd2 @ (v @ (v_rhs / eig.evals[:, None]))
-            fx_test = g0 - lay.unflatten(d, x_shape)
-        return (None if f0 is None else y, fx_test), singular, nonfinite
-
-    tau = (t * p.learning_rate / y.size).reshape(-1, 1)
-
-    def shaped(d, x_shape, start):
-        d = lay.unflatten(d, x_shape, lead=1)
-        return jnp.expand_dims(start, tuple(range(t.ndim))) + d.reshape(t.shape + d.shape[1:])
-
-    fx_train = fx_test = None
-    if f0 is not None:
-        d = jnp.einsum("ji,ti,ic->tjc", v, -growth(eig.evals, tau), v_rhs)
-        fx_train = shaped(d, lay.x_shape, f0)
-    if ktd2 is not None and g0 is not None:
-        d = jnp.einsum("mi,ti,ic->tmc", ktd2 @ v, -growth_over(eig.evals, tau), v_rhs)
-        fx_test = shaped(d, x_shape, g0)
-    return (fx_train, fx_test), singular, nonfinite
+            d = jnp.einsum("mi,ti,ic->tmc", ktd2 @ v, -growth_over(eig.evals, tau), v_rhs)
+            fx_test = shaped(d, x_shape, g0)
+        return (fx_train, fx_test), singular, nonfinite
 
 
 def _pack(fx_train, fx_test):

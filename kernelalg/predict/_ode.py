@@ -175,80 +175,83 @@ def _solve(
     ktd: Array | None,
     x_shape: tuple[int, ...],
 ) -> tuple[dict[str, Array], Array, Array, dict[str, Array]]:
-    lay, k, y = p.layout, p.k_train_train, p.y_train
-    dtype = k.dtype
-    test_shape = lay.out_shape(x_shape)
-    nonfinite = {} if ktd is None else {"k_test_train": count_nonfinite(ktd)}
-    ktd2 = None if ktd is None else to_matrix(ktd)
+    # float32 matrix products at full precision (not TF32 on GPUs): predictions
+    # multiply kernels that were solved against, where 1e-3 errors are amplified.
+    with jax.default_matmul_precision("highest"):
+        lay, k, y = p.layout, p.k_train_train, p.y_train
+        dtype = k.dtype
+        test_shape = lay.out_shape(x_shape)
+        nonfinite = {} if ktd is None else {"k_test_train": count_nonfinite(ktd)}
+        ktd2 = None if ktd is None else to_matrix(ktd)
 
-    def start(x, shape):
-        return lay.flatten(jnp.zeros(shape, dtype) if x is None else jnp.broadcast_to(x, shape))
+        def start(x, shape):
+            return lay.flatten(jnp.zeros(shape, dtype) if x is None else jnp.broadcast_to(x, shape))
 
-    y0 = {"f": start(f0, y.shape)}
-    if g0 is not None:
-        y0["g"] = start(g0, test_shape)
-    if p.momentum is not None:
-        y0["q"] = start(q0, y.shape)
+        y0 = {"f": start(f0, y.shape)}
         if g0 is not None:
-            y0["p"] = start(p0, test_shape)
+            y0["g"] = start(g0, test_shape)
+        if p.momentum is not None:
+            y0["q"] = start(q0, y.shape)
+            if g0 is not None:
+                y0["p"] = start(p0, test_shape)
 
-    rate = p.learning_rate if p.momentum is None else jnp.sqrt(p.learning_rate)
-    friction = None if p.momentum is None else (p.momentum - 1) / rate
-    loss = p.loss
+        rate = p.learning_rate if p.momentum is None else jnp.sqrt(p.learning_rate)
+        friction = None if p.momentum is None else (p.momentum - 1) / rate
+        loss = p.loss
 
-    def grad_loss(f):
-        return lay.flatten(jax.grad(lambda fx: loss(fx, y))(lay.unflatten(f, lay.x_shape)))
+        def grad_loss(f):
+            return lay.flatten(jax.grad(lambda fx: loss(fx, y))(lay.unflatten(f, lay.x_shape)))
 
-    def field(_, s, __):
-        g = grad_loss(s["f"])
-        force = {"f": -(k @ g)}
-        if "g" in s:
-            assert ktd2 is not None
-            force["g"] = -(ktd2 @ g)
-        if friction is None:
-            return force
-        out = {"f": s["q"], "q": force["f"] + friction * s["q"]}
-        if "g" in s:
-            out["g"], out["p"] = s["p"], force["g"] + friction * s["p"]
-        return out
+        def field(_, s, __):
+            g = grad_loss(s["f"])
+            force = {"f": -(k @ g)}
+            if "g" in s:
+                assert ktd2 is not None
+                force["g"] = -(ktd2 @ g)
+            if friction is None:
+                return force
+            out = {"f": s["q"], "q": force["f"] + friction * s["q"]}
+            if "g" in s:
+                out["g"], out["p"] = s["p"], force["g"] + friction * s["p"]
+            return out
 
-    if t is None:
-        t_shape: tuple[int, ...] = ()
-        saveat = diffrax.SaveAt(t1=True)
-        t1 = jnp.asarray(jnp.inf, dtype)
-        event = diffrax.Event(diffrax.steady_state_event())
-        bad_times = jnp.array(False)
-    else:
-        t_shape = t.shape
-        ts = t.reshape(-1) * rate
-        bad_times = jnp.any(ts[1:] < ts[:-1]) | jnp.any(ts < 0) | ~jnp.all(jnp.isfinite(ts))
-        # Keep the solver well-defined on bad times; the check outside raises.
-        ts = jnp.where(bad_times, jnp.zeros_like(ts), ts)
-        saveat = diffrax.SaveAt(ts=ts)
-        t1 = ts[-1]
-        event = None
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        diffrax.Tsit5(),
-        t0=jnp.zeros((), dtype),
-        t1=t1,
-        dt0=None,
-        y0=y0,
-        saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=p.rtol, atol=p.atol),
-        event=event,
-        max_steps=p.max_steps,
-        throw=False,
-    )
-    failed = (sol.result != diffrax.RESULTS.successful) & (sol.result != diffrax.RESULTS.event_occurred)
+        if t is None:
+            t_shape: tuple[int, ...] = ()
+            saveat = diffrax.SaveAt(t1=True)
+            t1 = jnp.asarray(jnp.inf, dtype)
+            event = diffrax.Event(diffrax.steady_state_event())
+            bad_times = jnp.array(False)
+        else:
+            t_shape = t.shape
+            ts = t.reshape(-1) * rate
+            bad_times = jnp.any(ts[1:] < ts[:-1]) | jnp.any(ts < 0) | ~jnp.all(jnp.isfinite(ts))
+            # Keep the solver well-defined on bad times; the check outside raises.
+            ts = jnp.where(bad_times, jnp.zeros_like(ts), ts)
+            saveat = diffrax.SaveAt(ts=ts)
+            t1 = ts[-1]
+            event = None
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(field),
+            diffrax.Tsit5(),
+            t0=jnp.zeros((), dtype),
+            t1=t1,
+            dt0=None,
+            y0=y0,
+            saveat=saveat,
+            stepsize_controller=diffrax.PIDController(rtol=p.rtol, atol=p.atol),
+            event=event,
+            max_steps=p.max_steps,
+            throw=False,
+        )
+        failed = (sol.result != diffrax.RESULTS.successful) & (sol.result != diffrax.RESULTS.event_occurred)
 
-    def shaped(a, x_shape):
-        a = lay.unflatten(a, x_shape, lead=1)
-        return a.reshape(t_shape + a.shape[1:])
+        def shaped(a, x_shape):
+            a = lay.unflatten(a, x_shape, lead=1)
+            return a.reshape(t_shape + a.shape[1:])
 
-    assert sol.ys is not None
-    ys = {name: shaped(a, lay.x_shape if name in ("f", "q") else x_shape) for name, a in sol.ys.items()}
-    return ys, failed, bad_times, nonfinite
+        assert sol.ys is not None
+        ys = {name: shaped(a, lay.x_shape if name in ("f", "q") else x_shape) for name, a in sol.ys.items()}
+        return ys, failed, bad_times, nonfinite
 
 
 def _check_times(anchor: Any, t: Array, bad: Bool[ArrayLike, ""]) -> Any:
