@@ -61,26 +61,44 @@ def _check_n_samples(n_samples) -> tuple[tuple[int, ...], bool]:
     return tuple(int(n) for n in counts), single
 
 
-def _sample(net, key, x1):
-    """The finite network (a model, or NT-style parameters) sampled with `key`."""
+def _sample(net, key, shape):
+    """The finite network (a model, or NT-style parameters) sampled with `key`, for
+    inputs of `shape` (a layer's twin takes one example's shape)."""
     if isinstance(net, AbstractLayer):
-        return net.init(key, tuple(x1.shape[1:]))
-    _, params = net(key, jax.tree_util.tree_map(lambda a: a.shape, x1))
+        return net.init(key, shape)
+    _, params = net(key, shape)
     return params
 
 
+def _is_array_like(x) -> bool:
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+
+
 @eqx.filter_jit
-def _kernels(fn, networks, x1, x2, kinds):
-    """The empirical kernels of each of the (stacked) networks."""
+def _sample_all(net, keys, shape):
+    """The networks sampled with each of `keys`, stacked. One after the other
+    (`lax.map`) rather than vmapped: each network is then exactly the one a loop would
+    draw with its key, for every PRNG implementation (vmapped `rbg` keys draw other
+    numbers), so estimates do not depend on the batching."""
+    _, static = eqx.partition(eqx.filter_eval_shape(_sample, net, keys[0], shape), _is_array_like)
+    arrays = jax.lax.map(lambda k: eqx.filter(_sample(net, k, shape), eqx.is_array), keys)
+    return eqx.combine(arrays, static)
+
+
+@eqx.filter_jit
+def _kernels(apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, networks, x1, x2, kinds):
+    """The empirical kernels of each of the (stacked) networks. Takes only what the
+    computation needs, so that estimators differing in `n_samples` or batching share
+    compilations."""
 
     def one(network):
-        f, params = (network, None) if fn.apply_fn is None else (fn.apply_fn, network)
+        f, params = (network, None) if apply_fn is None else (apply_fn, network)
         return _compute_kernels(
             f,
-            fn.trace_axes,
-            fn.diagonal_axes,
-            fn.vmap_axes,
-            fn.implementation,
+            trace_axes,
+            diagonal_axes,
+            vmap_axes,
+            implementation,
             "monte_carlo_kernel_fn",
             x1,
             x2,
@@ -91,22 +109,30 @@ def _kernels(fn, networks, x1, x2, kinds):
     return eqx.filter_vmap(one)(networks)
 
 
-def _merge(a, samples: dict):
-    """Add `samples` (a leading axis of networks) to `a = (count, mean, M2)` with Chan
+@eqx.filter_jit
+def _moments(samples: dict, na, ma, sa):
+    """Add `samples` (a leading axis of networks) to the count `na` (an array, so that
+    counts do not recompile), mean `ma` and sum of squared deviations `sa`, with Chan
     et al.'s pairwise update, stable when the mean is large relative to the spread."""
     nb = next(iter(samples.values())).shape[0]
     mb = {g: jnp.mean(v, axis=0) for g, v in samples.items()}
-    sb = {g: jnp.sum((v - mb[g]) ** 2, axis=0) for g, v in samples.items()}
-    if a is None:
-        return nb, mb, sb
-    na, ma, sa = a
+    sb = {g: jnp.sum((v - mb[g][None]) ** 2, axis=0) for g, v in samples.items()}
     n = na + nb
     mean, m2 = {}, {}
-    for g in ma:
+    for g in mb:
         delta = mb[g] - ma[g]
-        mean[g] = ma[g] + delta * (nb / n)
-        m2[g] = sa[g] + sb[g] + delta**2 * (na * nb / n)
-    return n, mean, m2
+        mean[g] = ma[g] + delta * (nb / n).astype(delta.dtype)
+        m2[g] = sa[g] + sb[g] + delta**2 * (na * nb / n).astype(delta.dtype)
+    return mean, m2
+
+
+def _merge(state, samples: dict):
+    if state is None:
+        zeros = {g: jnp.zeros(v.shape[1:], v.dtype) for g, v in samples.items()}
+        state = (0, zeros, zeros)
+    na, ma, sa = state
+    mean, m2 = _moments(samples, jnp.asarray(float(na)), ma, sa)
+    return na + next(iter(samples.values())).shape[0], mean, m2
 
 
 class MonteCarloKernelFn(eqx.Module):
@@ -161,12 +187,19 @@ class MonteCarloKernelFn(eqx.Module):
                 )
         return out[0] if self.single else out
 
+    def _input_shape(self, x1):
+        """What the sampler is told: one example's shape for a layer's twin (so that
+        blocks of examples share networks and compilations), the batch's for
+        neural-tangents' `init_fn`."""
+        if isinstance(self.net, AbstractLayer):
+            return tuple(x1.shape[1:])
+        return jax.tree_util.tree_map(lambda a: tuple(a.shape), x1)
+
     def _output_ndim(self, x1) -> int:
         """Axes of the batched outputs (the batch is axis 0 when blocks are used)."""
         if isinstance(self.net, AbstractLayer):
             return 1 + len(self.net.out_shape(tuple(x1.shape[1:])))
-        shapes = jax.tree_util.tree_map(lambda a: a.shape, x1)
-        params = eqx.filter_eval_shape(lambda k: self.net(k, shapes)[1], self.key)
+        params = eqx.filter_eval_shape(lambda k: _sample(self.net, k, self._input_shape(x1)), self.key)
         out = eqx.filter_eval_shape(self.apply_fn, params, x1)
         return min(leaf.ndim for leaf in jax.tree_util.tree_leaves(out))
 
@@ -174,17 +207,9 @@ class MonteCarloKernelFn(eqx.Module):
         """Networks per step: as many as fit in the memory budget."""
         if self.samples_per_step is not None:
             return self.samples_per_step
-        net = self.net
-        key = self.key
-        if isinstance(net, AbstractLayer):
-            shapes = eqx.filter_eval_shape(lambda k: net.init(k, tuple(x1.shape[1:])), key)
-        else:
-            shapes = eqx.filter_eval_shape(
-                lambda k: net(k, jax.tree_util.tree_map(lambda a: a.shape, x1))[1], key
-            )
-        n_params = max(
-            1, sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(shapes) if eqx.is_array(a))
-        )
+        shapes = eqx.filter_eval_shape(lambda k: _sample(self.net, k, self._input_shape(x1)), self.key)
+        leaves = [a for a in jax.tree_util.tree_leaves(shapes) if _is_array_like(a)]
+        n_params = max(1, sum(math.prod(a.shape) for a in leaves))
         rows = sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(x1)) + (
             0 if x2 is None else sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(x2))
         )
@@ -206,7 +231,11 @@ class MonteCarloKernelFn(eqx.Module):
         per_step = -(-total // n_steps)
         if devices > 1:
             per_step = -(-per_step // devices) * devices
-        keys = jax.random.split(self.key, n_steps * per_step)
+        keys = jax.random.split(self.key, total)
+        if n_steps * per_step > total:
+            # Pad the last step to the common size; the extra networks are discarded.
+            pad = jax.random.split(jax.random.fold_in(self.key, 1), n_steps * per_step - total)
+            keys = jnp.concatenate([keys, pad])
         pending: dict | None = None  # networks computed but not yet merged
         state, done, out = None, 0, []
         for target in self.n_samples:
@@ -218,11 +247,20 @@ class MonteCarloKernelFn(eqx.Module):
                         k = jax.device_put(
                             k, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("networks"))
                         )
-                    # Sampled outside jit: each primitive of `init` compiles once and is
-                    # cached across shapes and layers; jitting it with the kernels made
-                    # XLA's CPU compilation several times slower.
-                    networks = eqx.filter_vmap(lambda kk: _sample(self.net, kk, x1))(k)
-                    pending = _kernels(self, networks, x1, x2, kinds)
+                    # Sampled in a program of its own: compiled together with the
+                    # kernels, XLA's CPU compilation was several times slower.
+                    networks = _sample_all(self.net, k, self._input_shape(x1))
+                    pending = _kernels(
+                        self.apply_fn,
+                        self.trace_axes,
+                        self.diagonal_axes,
+                        self.vmap_axes,
+                        self.implementation,
+                        networks,
+                        x1,
+                        x2,
+                        kinds,
+                    )
                 size = min(next(iter(pending.values())).shape[0], target - done)
                 state = _merge(state, {g: v[:size] for g, v in pending.items()})
                 rest = {g: v[size:] for g, v in pending.items()}
