@@ -23,6 +23,7 @@ from ._conv import (
     FiniteConv as FiniteConv,
 )
 from ._dense import Dense as Dense, FiniteDense as FiniteDense
+from ._dot import DotGeneral as DotGeneral, FiniteDotGeneral as FiniteDotGeneral
 from ._elementwise import (
     ABRelu as ABRelu,
     Abs as Abs,
@@ -55,6 +56,8 @@ from ._elementwise import (
     Swish as Swish,
     Tanh as Tanh,
 )
+from ._graph import Aggregate as Aggregate, FiniteAggregate as FiniteAggregate
+from ._index import FiniteIndex as FiniteIndex, Index as Index, Slice as Slice
 from ._norm import (
     Dropout as Dropout,
     FiniteDropout as FiniteDropout,
@@ -72,3 +75,4 @@ from ._pool import (
     SumPool as SumPool,
 )
 from ._reshape import FiniteFlatten as FiniteFlatten, Flatten as Flatten
+from ._resize import FiniteImageResize as FiniteImageResize, ImageResize as ImageResize
