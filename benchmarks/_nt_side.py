@@ -40,6 +40,8 @@ def build(spec, stax):
     """Build `(init_fn, apply_fn, kernel_fn)` from a spec `[name, kwargs, children]`."""
     name, kwargs, *rest = spec
     children = [build(c, stax) for c in rest[0]] if rest else []
+    # JSON has no tuples; NT's pooling concatenates window shapes with tuples.
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return getattr(stax, _STAX_NAMES.get(name, name))(*children, **kwargs)
 
 

@@ -7,11 +7,11 @@ $$K'[i, j] = \frac{1}{F}\sum_{d=0}^{F-1} K[s i + d, s j + d]$$
 
 on the padded input (Novak et al. 2019; Arora et al. 2019), a sum along the
 diagonal direction only. Over several spatial dimensions the filter is a product, so
-the map is applied dimension by dimension: $\sum_k F_k$ shifted adds per output
-entry instead of neural-tangents' $\prod_k F_k$ (or $F_k^2$ per dimension through a
-convolution with a diagonal filter; google/neural-tangents #29). Pooling,
-$K'[i, j] = \frac{1}{W^2}\sum_{d, d'} K[s i + d, s j + d']$, is separable in the two
-axes of the pair as well: $2W$ adds per dimension.
+the map is applied dimension by dimension, each a 2-D convolution of the axis pair
+with the diagonal filter $I_F/F$. (Written as $F$ shifted slices it needs fewer
+multiply-adds, but XLA on CPU ran it 2.7x slower and compiled it 2.3x slower.)
+Pooling, $K'[i, j] = \frac{1}{W^2}\sum_{d, d'} K[s i + d, s j + d']$, is one
+`reduce_window` over both axes of the pair.
 
 Layouts: `batch` leading axes (1 or 2), then per spatial dimension either a zipped
 pair of axes (full covariance) or one axis (`diagonal`).
@@ -46,37 +46,48 @@ def _pad(x: Array, axes: tuple[int, ...], pads: tuple[int, int], circular: bool)
     return jnp.pad(x, widths, mode="wrap" if circular else "constant")
 
 
-def _window(x: Array, axis: int, start: int, n: int, stride: int) -> Array:
-    return jax.lax.slice_in_dim(x, start, start + stride * (n - 1) + 1, stride, axis)
+def _explicit_pads(x: Array, axes: tuple[int, ...], window: int, stride: int, padding: str):
+    # CIRCULAR wraps the input itself; VALID/SAME become explicit (lo, hi) pads.
+    lo, hi = _pads(x.shape[axes[0]], window, stride, padding)
+    if padding == "CIRCULAR":
+        return _pad(x, axes, (lo, hi), True), (0, 0)
+    return x, (lo, hi)
 
 
 def conv_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
-    """$\\frac1F\\sum_d x[s i + d, s j + d]$ over the axis pair `(axis, axis + 1)`."""
-    size = x.shape[axis]
-    n = out_size(size, window, stride, padding)
-    x = _pad(x, (axis, axis + 1), _pads(size, window, stride, padding), padding == "CIRCULAR")
-    out = None
-    for d in range(window):
-        term = _window(_window(x, axis, d, n, stride), axis + 1, d, n, stride)
-        out = term if out is None else out + term
-    return out / window
+    """$\frac1F\sum_d x[s i + d, s j + d]$ over the axis pair `(axis, axis + 1)`.
 
-
-def conv_diagonal(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
-    """$\\frac1F\\sum_d x[s i + d]$ along `axis` (a spatially diagonal covariance)."""
-    size = x.shape[axis]
-    n = out_size(size, window, stride, padding)
-    x = _pad(x, (axis,), _pads(size, window, stride, padding), padding == "CIRCULAR")
-    out = None
-    for d in range(window):
-        term = _window(x, axis, d, n, stride)
-        out = term if out is None else out + term
-    return out / window
+    Computed as a 2-D convolution of every `(axis, axis + 1)` plane with the diagonal
+    filter $I_F / F$ (as neural-tangents): on CPU, XLA's convolution ran 2.7x faster
+    and compiled 2.3x faster than the same sum written as $F$ shifted slices.
+    """
+    x, pads = _explicit_pads(x, (axis, axis + 1), window, stride, padding)
+    y = jnp.moveaxis(x, (axis, axis + 1), (-2, -1))
+    shape = y.shape
+    y = y.reshape((-1, 1) + shape[-2:])
+    rhs = (jnp.eye(window, dtype=x.dtype) / window).reshape(1, 1, window, window)
+    out = jax.lax.conv_general_dilated(
+        y, rhs, (stride, stride), [pads, pads], precision=jax.lax.Precision.HIGHEST
+    )
+    out = out.reshape(shape[:-2] + out.shape[-2:])
+    return jnp.moveaxis(out, (-2, -1), (axis, axis + 1))
 
 
 def window_sum(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
-    """$\\sum_d x[s i + d]$ along one axis (one axis of a pooled pair)."""
-    return conv_diagonal(x, axis, window, stride, padding) * window
+    """$\sum_d x[s i + d]$ along one axis (`lax.reduce_window`)."""
+    x, pads = _explicit_pads(x, (axis,), window, stride, padding)
+    dims = [1] * x.ndim
+    dims[axis] = window
+    strides = [1] * x.ndim
+    strides[axis] = stride
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = pads
+    return jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, dims, strides, widths)
+
+
+def conv_diagonal(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
+    """$\frac1F\sum_d x[s i + d]$ along `axis` (a spatially diagonal covariance)."""
+    return window_sum(x, axis, window, stride, padding) / window
 
 
 def _transpose_1d(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
@@ -143,8 +154,15 @@ def conv_transpose_diagonal(x: Array, axis: int, window: int, stride: int, paddi
 
 
 def pool_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
-    """$\\sum_{d, d'} x[s i + d, s j + d']$: window sums along both axes of the pair."""
-    return window_sum(window_sum(x, axis, window, stride, padding), axis + 1, window, stride, padding)
+    """$\\sum_{d, d'} x[s i + d, s j + d']$: one window sum over both axes of the pair."""
+    x, pads = _explicit_pads(x, (axis, axis + 1), window, stride, padding)
+    dims = [1] * x.ndim
+    dims[axis] = dims[axis + 1] = window
+    strides = [1] * x.ndim
+    strides[axis] = strides[axis + 1] = stride
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = widths[axis + 1] = pads
+    return jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, dims, strides, widths)
 
 
 def edge_counts(size: int, window: int, stride: int, padding: str) -> np.ndarray:
