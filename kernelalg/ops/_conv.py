@@ -55,7 +55,7 @@ def _explicit_pads(x: Array, axes: tuple[int, ...], window: int, stride: int, pa
 
 
 def conv_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
-    """$\frac1F\sum_d x[s i + d, s j + d]$ over the axis pair `(axis, axis + 1)`.
+    r"""$\frac1F\sum_d x[s i + d, s j + d]$ over the axis pair `(axis, axis + 1)`.
 
     Computed as a 2-D convolution of every `(axis, axis + 1)` plane with the diagonal
     filter $I_F / F$ (as neural-tangents): on CPU, XLA's convolution ran 2.7x faster
@@ -74,7 +74,7 @@ def conv_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Ar
 
 
 def window_sum(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
-    """$\sum_d x[s i + d]$ along one axis (`lax.reduce_window`)."""
+    r"""$\sum_d x[s i + d]$ along one axis (`lax.reduce_window`)."""
     x, pads = _explicit_pads(x, (axis,), window, stride, padding)
     dims = [1] * x.ndim
     dims[axis] = window
@@ -86,7 +86,7 @@ def window_sum(x: Array, axis: int, window: int, stride: int, padding: str) -> A
 
 
 def conv_diagonal(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
-    """$\frac1F\sum_d x[s i + d]$ along `axis` (a spatially diagonal covariance)."""
+    r"""$\frac1F\sum_d x[s i + d]$ along `axis` (a spatially diagonal covariance)."""
     return window_sum(x, axis, window, stride, padding) / window
 
 
@@ -154,7 +154,7 @@ def conv_transpose_diagonal(x: Array, axis: int, window: int, stride: int, paddi
 
 
 def pool_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
-    """$\\sum_{d, d'} x[s i + d, s j + d']$: one window sum over both axes of the pair."""
+    r"""$\sum_{d, d'} x[s i + d, s j + d']$: one window sum over both axes of the pair."""
     x, pads = _explicit_pads(x, (axis, axis + 1), window, stride, padding)
     dims = [1] * x.ndim
     dims[axis] = dims[axis + 1] = window
