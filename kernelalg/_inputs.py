@@ -182,7 +182,9 @@ def _kernel_from_canonical(
         cov1 = _self(x1, diagonal_batch, diagonal_spatial)
     return Kernel(
         nngp=nngp,
-        ntk=jnp.zeros_like(nngp) if compute_ntk else None,
+        # 0 * nngp rather than zeros: a literal zero array is a compile-time constant,
+        # and XLA then spends seconds constant-folding every convolution applied to it.
+        ntk=0 * nngp if compute_ntk else None,
         cov1=cov1,
         cov2=None if x2 is None else _self(x2, diagonal_batch, diagonal_spatial),
         shape1=tuple(x1.shape),
