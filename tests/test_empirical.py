@@ -419,3 +419,41 @@ def test_grad_and_jit_through_the_kernel():
     eps = 1e-6
     fd = (jnp.sum(fn(X1 + eps * d, X2)) - jnp.sum(fn(X1 - eps * d, X2))) / (2 * eps)
     np.testing.assert_allclose(jnp.vdot(grads[0], d), fd, rtol=1e-6)
+
+
+def _auto_choice(f, params, x1, trace_axes, vmap_axes=None):
+    from kernelalg._empirical import _auto
+    from kernelalg._empirical._axes import check_axes
+    from kernelalg._empirical._target import make_target
+
+    target = make_target(f, params, vmap_axes, x1, None, "t")
+    fx = eqx.filter_eval_shape(target.call, target.tree, x1)
+    trace_diag = [
+        check_axes(trace_axes, (), leaf.shape, leaf.shape) for leaf in jax.tree_util.tree_leaves(fx)
+    ]
+    return _auto.choose(target, target.tree, x1, None, fx, fx, trace_diag)
+
+
+def test_auto_choices():
+    # A finite twin: its Dense layers make structured derivatives hundreds of times
+    # cheaper than either alternative.
+    model = kl.Serial(
+        kl.Dense(256, 1.4, 0.1), kl.Relu(), kl.Dense(256, 1.4, 0.1), kl.Relu(), kl.Dense(1)
+    ).init(KEY, (20,))
+    x = jr.normal(jr.key(13, impl="rbg"), (16, 20))
+    assert _auto_choice(model, None, x, (-1,)) == I.STRUCTURED_DERIVATIVES
+    # A function of plain arrays with ten outputs and no per-example structure: the
+    # Jacobians of the whole batch cost more than NTK-vector products.
+    params = [p for pair in _nt_params([(20, 64), (64, 10)], KEY) for p in pair[:1]]
+
+    def f(p, x):
+        return jnp.tanh(x @ p[0]) @ p[1]
+
+    assert _auto_choice(f, params, x, ()) == I.NTK_VECTOR_PRODUCTS
+    # ... and AUTO computes the same kernel.
+    np.testing.assert_allclose(
+        ka.empirical_ntk_fn(f, (), implementation=I.AUTO)(x, None, params),
+        ka.empirical_ntk_fn(f, ())(x, None, params),
+        rtol=RTOL,
+        atol=1e-12,
+    )
