@@ -457,3 +457,64 @@ def test_auto_choices():
         rtol=RTOL,
         atol=1e-12,
     )
+
+
+@pytest.mark.slow
+def test_empirical_ntk_of_twins_converges_to_the_analytic_ntk():
+    # The empirical NTK of a width-n network fluctuates around the analytic one by
+    # O(n^{-1/2}) (Jacot et al. 2018; Hanin & Nica 2019): fit the rate on a log-log scale.
+    x = jr.normal(jr.key(14, impl="rbg"), (6, 8))
+
+    def net(width):
+        return kl.Serial(
+            kl.Dense(width, 1.4, 0.1), kl.Relu(), kl.Dense(width, 1.4, 0.1), kl.Erf(), kl.Dense(1, 1.0, 0.1)
+        )
+
+    exact = np.asarray(ka.kernel(net(1), x).ntk)
+    widths = [64, 256, 1024, 4096]
+    errors = []
+    for width in widths:
+        errs = []
+        for seed in range(3):
+            model = net(width).init(jr.key(100 + seed, impl="rbg"), (8,))
+            emp = ka.empirical_ntk_fn(model, implementation=I.STRUCTURED_DERIVATIVES)(x)
+            errs.append(np.linalg.norm(np.asarray(emp) - exact) / np.linalg.norm(exact))
+        errors.append(float(np.mean(errs)))
+    slope = np.polyfit(np.log(widths), np.log(errors), 1)[0]
+    print(f"relative errors {dict(zip(widths, np.round(errors, 4)))}, slope {slope:.2f}")
+    assert -0.75 < slope < -0.3, (errors, slope)
+    assert errors[-1] < 0.05, errors
+
+
+@pytest.mark.slow
+def test_auto_picks_the_fastest_on_this_machine():
+    import time
+
+    x = jr.normal(jr.key(15, impl="rbg"), (32, 50))
+    twin = kl.Serial(
+        kl.Dense(128, 1.4, 0.1), kl.Relu(), kl.Dense(128, 1.4, 0.1), kl.Relu(), kl.Dense(10)
+    ).init(KEY, (50,))
+    ws = [
+        jr.normal(jr.key(16 + i, impl="rbg"), s) / np.sqrt(s[0])
+        for i, s in enumerate([(50, 256), (256, 256), (256, 1)])
+    ]
+
+    def f(p, x):
+        return jnp.tanh(jnp.tanh(x @ p[0]) @ p[1]) @ p[2]
+
+    cases = [(twin, None, (), None), (f, ws, (-1,), 0), (CNN(KEY), None, (-1,), None)]
+    for model, params, trace, vmap_axes in cases:
+        xx = jr.normal(jr.key(17, impl="rbg"), (8, 6, 6, 2)) if isinstance(model, CNN) else x
+        times = {}
+        for impl in THREE:
+            fn = ka.empirical_ntk_fn(model, trace, vmap_axes=vmap_axes, implementation=impl)
+            jax.block_until_ready(fn(xx, None, params))
+            runs = []
+            for _ in range(5):
+                t = time.perf_counter()
+                jax.block_until_ready(fn(xx, None, params))
+                runs.append(time.perf_counter() - t)
+            times[impl] = min(runs)
+        pick = _auto_choice(model, params, xx, trace, vmap_axes)
+        print({i.name: f"{t * 1e3:.1f} ms" for i, t in times.items()}, "AUTO:", pick.name)
+        assert times[pick] <= 1.5 * min(times.values()), (times, pick)
