@@ -145,6 +145,23 @@ def test_float32_stays_float32():
     np.testing.assert_allclose(m, want, rtol=2e-3, atol=2e-3)
 
 
+def test_conjugate_gradients_match_cholesky():
+    import lineax as lx
+
+    cg = kp.gp_inference(K_DD, Y_TRAIN, diag_reg=1e-2, solver=lx.CG(rtol=1e-12, atol=1e-12, max_steps=200))
+    assert isinstance(cg.nngp, kp.CGFactor)
+    chol = kp.gp_inference(K_DD, Y_TRAIN, diag_reg=1e-2)
+    a = cg(get=("nngp", "ntk"), k_test_train=K_TD, k_test_test=K_TT)
+    b = chol(get=("nngp", "ntk"), k_test_train=K_TD, k_test_test=K_TT)
+    for g in ("nngp", "ntk"):
+        np.testing.assert_allclose(getattr(a, g).mean, getattr(b, g).mean, rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(getattr(a, g).covariance, getattr(b, g).covariance, rtol=1e-9, atol=1e-11)
+    assert float(cg.residual("ntk")) < 1e-10 and float(chol.residual()) < 1e-12
+    # Too few steps for the tolerance: an error that says what to change, not a wrong answer.
+    with pytest.raises(ValueError, match="did not reach the tolerance.*diag_reg"):
+        kp.gp_inference(K_DD, Y_TRAIN, solver=lx.CG(rtol=1e-14, atol=1e-14, max_steps=2))
+
+
 # ------------------------------------------------------------------- jitter, diagnostics
 def _duplicate_kernel():
     # Two duplicated rows: a singular kernel (same shapes as the others, to reuse compilations).
@@ -318,6 +335,18 @@ def test_ensemble_covariance_is_psd():
             for cov in getattr(res, g).covariance:
                 np.testing.assert_allclose(cov, cov.T, rtol=1e-10, atol=1e-12)
                 assert np.linalg.eigvalsh(cov).min() > -1e-9 * np.abs(cov).max()
+
+
+def test_ensemble_in_blocks_equals_at_once():
+    ens = kp.gradient_descent_mse_ensemble(net(), X_TRAIN, Y_TRAIN, diag_reg=1e-3)
+    ts = np.array([1.0, 10.0])
+    whole = ens(ts, X_TEST, ("nngp", "ntk"))
+    blocks = ens(ts, X_TEST, ("nngp", "ntk"), batch_size=2)  # 5 inputs: blocks of 2, 2, 1 (padded)
+    for g in ("nngp", "ntk"):
+        np.testing.assert_allclose(getattr(blocks, g), getattr(whole, g), rtol=1e-12)
+    np.testing.assert_allclose(ens(None, X_TEST, "ntk", batch_size=3), ens(None, X_TEST, "ntk"), rtol=1e-12)
+    with pytest.raises(ValueError, match="needs `compute_cov=False`"):
+        ens(ts, X_TEST, "nngp", compute_cov=True, batch_size=2)
 
 
 def test_ensemble_with_kernel_fn_and_without_ntk():

@@ -1,5 +1,6 @@
 """Predictions of infinitely wide (or linearised) networks: GP inference, training dynamics, likelihood."""
 
+from ._cg import CGFactor as CGFactor
 from ._common import HasNNGP as HasNNGP, HasNTK as HasNTK, KernelLike as KernelLike
 from ._ensemble import (
     GradientDescentMSEEnsemble as GradientDescentMSEEnsemble,
@@ -11,7 +12,11 @@ from ._gp import (
     Predictions as Predictions,
     gp_inference as gp_inference,
 )
-from ._linalg import CholeskyFactor as CholeskyFactor, EigenFactor as EigenFactor
+from ._linalg import (
+    AbstractFactor as AbstractFactor,
+    CholeskyFactor as CholeskyFactor,
+    EigenFactor as EigenFactor,
+)
 from ._mll import marginal_log_likelihood as marginal_log_likelihood
 from ._mse import (
     GradientDescentMSE as GradientDescentMSE,

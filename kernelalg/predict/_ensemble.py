@@ -6,6 +6,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Real
 
 from .._entry import kernel
@@ -70,6 +71,8 @@ class GradientDescentMSEEnsemble(eqx.Module):
         x_test: Float[ArrayLike, "m ..."] | None = None,
         get: Get = None,
         compute_cov: bool = False,
+        *,
+        batch_size: int | None = None,
     ) -> Prediction | Predictions:
         r"""Ensemble mean (and covariance) on `x_test` at time(s) `t`.
 
@@ -96,6 +99,10 @@ class GradientDescentMSEEnsemble(eqx.Module):
           regularisation; pass `x_test=x_train` for the regularised one).
         - `get`: `"nngp"`, `"ntk"` or a tuple; `None` means `("nngp", "ntk")`.
         - `compute_cov`: also compute the covariance.
+        - `batch_size`: predict the means on `x_test` in blocks of this many inputs, so
+          that only a `(batch_size, n_train)` test kernel is held at a time (all blocks
+          share one compilation). Not with `compute_cov`, which couples the blocks.
+          Beyond neural-tangents.
 
         **Returns:** for one `get`, the mean or a `Gaussian(mean, covariance)`; for a
         tuple, a `Predictions` of them.
@@ -103,6 +110,16 @@ class GradientDescentMSEEnsemble(eqx.Module):
         single, gets = canonicalize_get(get, ("nngp", "ntk"))
         if not isinstance(compute_cov, bool):
             raise TypeError(f"`compute_cov` must be a bool; got {compute_cov!r}.")
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"`batch_size` must be a positive int or None; got {batch_size!r}.")
+            if compute_cov:
+                raise ValueError(
+                    "`batch_size` predicts blocks of `x_test` independently, so it needs "
+                    "`compute_cov=False`: a covariance couples the blocks."
+                )
+            if x_test is not None and shape_of(x_test, "x_test")[0] > batch_size:
+                return self._in_blocks(t, x_test, gets if not single else gets[0], batch_size)
         if "ntk" in gets and self.ntk is None:
             raise ValueError(
                 "NTK predictions were asked for, but the predictor was built with "
@@ -138,6 +155,31 @@ class GradientDescentMSEEnsemble(eqx.Module):
         if single:
             return out[gets[0]]
         return Predictions(**out, get=gets)
+
+    def _in_blocks(
+        self, t: Times, x_test: Float[ArrayLike, "m ..."], get: str | tuple[str, ...], size: int
+    ) -> Prediction | Predictions:
+        n = x_test.shape[0]
+        lead = 0 if t is None else np.ndim(t)  # outputs have the time axes first
+        parts = [self(t, block, get) for block in _blocks_of(x_test, size)]
+
+        def join(*blocks):
+            return jax.lax.slice_in_dim(jnp.concatenate(blocks, axis=lead), 0, n, axis=lead)
+
+        if isinstance(parts[0], Predictions):
+            fields = {g: join(*(getattr(p, g) for p in parts)) for g in parts[0].get}
+            return Predictions(**fields, get=parts[0].get)
+        return join(*parts)
+
+
+def _blocks_of(x: Any, size: int) -> list[Any]:
+    """`x` split along its first axis into blocks of `size`, the last one padded by repetition."""
+    xp = jnp if isinstance(x, jax.Array) else np  # keep device arrays on their device
+    n = x.shape[0]
+    pad = -n % size
+    if pad:
+        x = xp.concatenate([x, xp.repeat(x[-1:], pad, axis=0)])
+    return [x[i : i + size] for i in range(0, n + pad, size)]
 
 
 @eqx.filter_jit

@@ -1,18 +1,21 @@
 """Exact GP inference with the NNGP, the NTK and the NTKGP."""
 
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, Real
 
+from ._cg import CGFactor, cg_factor, cg_message
 from ._common import (
     Get,
     KernelLike,
     Layout,
     canonicalize_get,
+    check,
     check_nonnegative,
     checked_finite,
     count_nonfinite,
@@ -25,7 +28,7 @@ from ._common import (
     targets,
     to_matrix,
 )
-from ._linalg import CholeskyFactor, cholesky_factor
+from ._linalg import AbstractFactor, cholesky_factor
 
 
 class Gaussian(NamedTuple):
@@ -70,7 +73,7 @@ class Predictions(eqx.Module):
         return getattr(self, self.get[i])
 
 
-def _factor(factors: dict[str, CholeskyFactor | None], g: str, name: str) -> CholeskyFactor:
+def _factor(factors: dict[str, AbstractFactor | None], g: str, name: str) -> AbstractFactor:
     f = factors[g]
     if f is None:
         hint = "`compute_ntk=True`" if g == "ntk" else "a kernel that has its NNGP"
@@ -91,19 +94,29 @@ class GPInference(eqx.Module):
     **Fields:**
 
     - `y_train`: the targets, in the kernels' dtype.
-    - `nngp`, `ntk`: `CholeskyFactor`s of $\mathcal{K}$ and $\Theta$ (or `None` when
-      that kernel was not given); with a plain array both are the same factorisation.
+    - `nngp`, `ntk`: `CholeskyFactor`s (or `CGFactor`s) of $\mathcal{K}$ and $\Theta$
+      (`None` when that kernel was not given); with a plain array both are the same.
     - `nngp_weights`, `ntk_weights`: $(K + \epsilon I)^{-1} Y$ with $Y$ the targets
       flattened to $N \times C$.
     - `layout`: how the targets' axes split into kernel axes and `trace_axes`.
     """
 
     y_train: Float[Array, "..."]
-    nngp: CholeskyFactor | None
-    ntk: CholeskyFactor | None
+    nngp: AbstractFactor | None
+    ntk: AbstractFactor | None
     nngp_weights: Float[Array, "n c"] | None
     ntk_weights: Float[Array, "n c"] | None
     layout: Layout = eqx.field(static=True)
+
+    def residual(self, get: Literal["nngp", "ntk"] = "nngp") -> Float[Array, ""]:
+        r"""Relative residual $\lVert (K + \epsilon I) W - Y \rVert_F / \lVert Y \rVert_F$ of the weights.
+
+        Round-off for Cholesky; the achieved tolerance for conjugate gradients.
+        """
+        fac = _factor({"nngp": self.nngp, "ntk": self.ntk}, get, "k_train_train")
+        weights = self.nngp_weights if get == "nngp" else self.ntk_weights
+        assert weights is not None
+        return _residual(fac, weights, self.y_train, self.layout)
 
     def __call__(
         self,
@@ -181,11 +194,22 @@ class GPInference(eqx.Module):
         for h, a in ktt.items():
             lay.test_test_shape(a, x_shape, "k_test_test")
             same_dtype({"k_train_train": self.y_train, f"k_test_test.{h}": a})
-        out, nonfinite = _posterior(self, gets, ktd, ktt, x_shape, train_cov)
+        out, nonfinite, failed = _posterior(self, gets, ktd, ktt, x_shape, train_cov)
         out = checked_finite(out, nonfinite)
+        for g, bad in failed.items():
+            if isinstance(self.nngp if g == "nngp" else self.ntk, CGFactor):
+                out = check(out, bad, cg_message(f"k_train_train.{'nngp' if g == 'nngp' else 'ntk'}"))
         if single:
             return out[gets[0]]
         return Predictions(**out, get=gets)
+
+
+@eqx.filter_jit
+def _residual(fac: AbstractFactor, weights: Array, y: Array, layout: Layout) -> Array:
+    with jax.default_matmul_precision("highest"):
+        y = layout.flatten(y)
+        m = fac.kernel @ weights + fac.jitter * weights
+        return jnp.linalg.norm(m - y) / jnp.linalg.norm(y)
 
 
 @eqx.filter_jit
@@ -196,7 +220,7 @@ def _posterior(
     ktt: dict[str, Array],
     x_shape: tuple[int, ...],
     train_cov: bool,
-) -> tuple[dict[str, Prediction], dict[str, Array]]:
+) -> tuple[dict[str, Prediction], dict[str, Array], dict[str, Array]]:
     # float32 matrix products at full precision (not TF32 on GPUs): predictions
     # multiply kernels that were solved against, where 1e-3 errors are amplified.
     with jax.default_matmul_precision("highest"):
@@ -206,6 +230,7 @@ def _posterior(
         ktd2 = {h: to_matrix(a) for h, a in ktd.items()}
         ktt2 = {h: to_matrix(a) for h, a in ktt.items()}
         out: dict[str, Prediction] = {}
+        failed: dict[str, Array] = {}
         for g in gets:
             kg = "nngp" if g == "nngp" else "ntk"
             fac = p.nngp if kg == "nngp" else p.ntk
@@ -223,16 +248,16 @@ def _posterior(
                 out[g] = mean
                 continue
             if g in ("nngp", "ntkgp"):
-                # K_tt - K_td K^-1 K_dt as V^T V with V = L^-1 K_dt: symmetric by construction.
-                v = fac.half_solve(ktd2[kg].T)
-                cov = ktt2[kg] - v.T @ v
+                quad, bad = fac.quadratic_checked(ktd2[kg].T)
+                failed[g] = bad
+                cov = ktt2[kg] - quad
             else:
                 assert p.nngp is not None
-                a = fac.solve(ktd2["ntk"].T)  # Theta_dd^-1 Theta_dx
+                a, failed[g] = fac.solve_checked(ktd2["ntk"].T)  # Theta_dd^-1 Theta_dx
                 cross = ktd2["nngp"] @ a
                 cov = ktt2["nngp"] - cross - cross.T + a.T @ p.nngp.kernel @ a
             out[g] = Gaussian(mean, from_matrix(cov, x_shape, x_shape))
-        return out, nonfinite
+        return out, nonfinite, failed
 
 
 def gp_inference(
@@ -243,6 +268,7 @@ def gp_inference(
     diag_reg_absolute_scale: bool = False,
     trace_axes: int | tuple[int, ...] = (-1,),
     auto_jitter: bool = False,
+    solver: Literal["cholesky"] | lx.CG = "cholesky",
 ) -> GPInference:
     r"""GP posterior of the NNGP, the NTK and the NTKGP on the training data (`nt.predict.gp_inference`).
 
@@ -268,6 +294,11 @@ def gp_inference(
       a tenth of the mean diagonal) until it is; the total is reported as
       `predictor.nngp.jitter` / `predictor.ntk.jitter`. Without it, such a kernel
       raises a `ValueError` listing causes and fixes.
+    - `solver`: `"cholesky"` (dense factorisation, $O(N^3)$) or a `lineax.CG` (e.g.
+      `lineax.CG(rtol=1e-6, atol=1e-6, max_steps=1000)`): Jacobi-preconditioned
+      conjugate gradients, $O(\sqrt{\kappa} N^2)$ and no memory beyond the kernel,
+      for training sets too large to factor; it needs `diag_reg > 0` in practice, and
+      reports its residual through `GPInference.residual`. Beyond neural-tangents.
 
     **Returns:** a `GPInference`.
 
@@ -278,12 +309,22 @@ def gp_inference(
     returned as noise.
     """
     check_nonnegative(diag_reg, "diag_reg")
+    if not (solver == "cholesky" or isinstance(solver, lx.CG)):
+        raise ValueError(f"`solver` must be 'cholesky' or a `lineax.CG`; got {solver!r}.")
+    if auto_jitter and isinstance(solver, lx.CG):
+        raise ValueError("`auto_jitter=True` needs `solver='cholesky'`: with CG, set `diag_reg` instead.")
     layout = Layout.of(shape_of(y_train, "y_train"), trace_axes)
+
+    def prepare(m, name, y):
+        if isinstance(solver, lx.CG):
+            return cg_factor(m, diag_reg, diag_reg_absolute_scale, name, y, layout, solver)
+        return cholesky_factor(m, diag_reg, diag_reg_absolute_scale, auto_jitter, name, y, layout)
+
     if is_array(k_train_train):
         m = kernel_array(k_train_train, "nngp", "k_train_train")
         layout.train_shape(m, "k_train_train")
         y = targets(y_train, "y_train", m.dtype)
-        f, w = cholesky_factor(m, diag_reg, diag_reg_absolute_scale, auto_jitter, "k_train_train", y, layout)
+        f, w = prepare(m, "k_train_train", y)
         return GPInference(y, f, f, w, w, layout)
     present = {
         g: kernel_array(k_train_train, g, "k_train_train") for g in ("nngp", "ntk") if has(k_train_train, g)
@@ -297,7 +338,5 @@ def gp_inference(
     for g, m in present.items():
         name = f"k_train_train.{g}"
         layout.train_shape(m, name)
-        factors[g], weights[g] = cholesky_factor(
-            m, diag_reg, diag_reg_absolute_scale, auto_jitter, name, y, layout
-        )
+        factors[g], weights[g] = prepare(m, name, y)
     return GPInference(y, factors["nngp"], factors["ntk"], weights["nngp"], weights["ntk"], layout)

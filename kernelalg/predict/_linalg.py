@@ -1,5 +1,6 @@
 """Factorisations of a train-train kernel, with diagnostics instead of silent NaNs."""
 
+import abc
 import math
 from typing import Any, NamedTuple
 
@@ -110,7 +111,30 @@ def symmetrized(a: Float[Array, "..."], name: str) -> Float[Array, "n n"]:
     return _diagnosed(sym, d, name, a.size, a.dtype)
 
 
-class CholeskyFactor(eqx.Module):
+class AbstractFactor(eqx.Module):
+    r"""A train-train kernel $K$ prepared for solves with $K + \epsilon I$.
+
+    Subclassed by `CholeskyFactor` (dense factorisation) and `CGFactor` (conjugate
+    gradients); `gp_inference` works with either.
+    """
+
+    kernel: eqx.AbstractVar[Float[Array, "n n"]]
+    jitter: eqx.AbstractVar[Float[Array, ""]]
+
+    @abc.abstractmethod
+    def solve_checked(self, b: Float[Array, "n k"]) -> tuple[Float[Array, "n k"], Bool[Array, ""]]:
+        r"""$(K + \epsilon I)^{-1} b$, and whether the solve failed."""
+
+    def solve(self, b: Float[Array, "n k"]) -> Float[Array, "n k"]:
+        r"""$(K + \epsilon I)^{-1} b$."""
+        return self.solve_checked(b)[0]
+
+    @abc.abstractmethod
+    def quadratic_checked(self, b: Float[Array, "n k"]) -> tuple[Float[Array, "k k"], Bool[Array, ""]]:
+        r"""$b^\top (K + \epsilon I)^{-1} b$ (symmetric), and whether the solve failed."""
+
+
+class CholeskyFactor(AbstractFactor):
     r"""Cholesky factorisation of a regularised train-train kernel.
 
     $K + \epsilon I = L L^\top$ with $L$ lower triangular, where $K$ is the (symmetrised)
@@ -130,9 +154,14 @@ class CholeskyFactor(eqx.Module):
     cholesky: Float[Array, "n n"]
     jitter: Float[Array, ""]
 
-    def solve(self, b: Float[Array, "n k"]) -> Float[Array, "n k"]:
-        r"""$(K + \epsilon I)^{-1} b$."""
-        return jsl.cho_solve((self.cholesky, True), b)
+    def solve_checked(self, b: Float[Array, "n k"]) -> tuple[Float[Array, "n k"], Bool[Array, ""]]:
+        r"""$(K + \epsilon I)^{-1} b$; a Cholesky solve does not fail once the factor exists."""
+        return jsl.cho_solve((self.cholesky, True), b), jnp.array(False)
+
+    def quadratic_checked(self, b: Float[Array, "n k"]) -> tuple[Float[Array, "k k"], Bool[Array, ""]]:
+        r"""$b^\top (K + \epsilon I)^{-1} b = V^\top V$ with $V = L^{-1} b$: symmetric by construction."""
+        v = self.half_solve(b)
+        return v.T @ v, jnp.array(False)
 
     def half_solve(self, b: Float[Array, "n k"]) -> Float[Array, "n k"]:
         r"""$L^{-1} b$, so that $b^\top (K + \epsilon I)^{-1} b = \lVert L^{-1} b \rVert^2$."""
