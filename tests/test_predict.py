@@ -198,8 +198,8 @@ def test_auto_jitter_escalates_and_reports():
 
 def test_float32_conditioned_kernel_is_not_called_singular():
     # A near-constant kernel (large top eigenvalue) with condition number ~3e4 is fine
-    # in float32; a threshold of N eps lambda_max (instead of sqrt(N) eps lambda_max)
-    # called it singular.
+    # in float32; a threshold of N eps lambda_max (instead of 10 eps lambda_max) called
+    # it singular.
     n = 512
     k = np.ones((n, n)) + 0.02 * np.eye(n)
     y = np.asarray(jr.normal(jr.key(8), (n, 1)))

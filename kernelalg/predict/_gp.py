@@ -290,7 +290,7 @@ def gp_inference(
     - `trace_axes`: output axes along which the kernel is a multiple of the identity
       (absent from the kernel): the kernel is read as $K \otimes I$.
     - `auto_jitter`: if the regularised kernel is not positive definite to working
-      precision, add jitter $10^k \sqrt{N} \varepsilon \bar{K}_{ii}$ ($k = 1, 2, \dots$, up to
+      precision, add jitter $10^{k+1} \varepsilon \bar{K}_{ii}$ ($k = 1, 2, \dots$, up to
       a tenth of the mean diagonal) until it is; the total is reported as
       `predictor.nngp.jitter` / `predictor.ntk.jitter`. Without it, such a kernel
       raises a `ValueError` listing causes and fixes.
@@ -304,8 +304,8 @@ def gp_inference(
 
     Computations run in the kernels' dtype. In float32, a Cholesky factorisation
     loses about $\log_{10}\kappa$ of its 7 digits ($\kappa$ the condition number);
-    a squared Cholesky pivot below $\sqrt{N} \varepsilon \lVert K \rVert_F$ (a condition
-    number beyond about $1/(\sqrt{N}\varepsilon)$) is reported as a failure rather than
+    a squared Cholesky pivot below $10 \varepsilon \lVert K \rVert_F$ (a condition
+    number beyond about $1/(10\varepsilon)$, as LAPACK's `rcond < eps`) is reported as a failure rather than
     returned as noise.
     """
     check_nonnegative(diag_reg, "diag_reg")
