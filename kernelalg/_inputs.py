@@ -155,8 +155,8 @@ def kernel_from_inputs(
         compute_ntk=compute_ntk,
         diagonal_batch=diagonal_batch,
         diagonal_spatial=diagonal_spatial,
-        mask1=mask1,
-        mask2=mask2 if x2 is not None else None,
+        mask1=m1,
+        mask2=m2,
     )
 
 

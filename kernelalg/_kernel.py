@@ -3,7 +3,7 @@ from typing import Any
 
 import equinox as eqx
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 
 def _spatial_ndim(shape: tuple[int, ...]) -> int:
@@ -150,8 +150,8 @@ class Kernel(eqx.Module):
 
     @staticmethod
     def from_inputs(
-        x1: Float[Array, "n1 ..."],
-        x2: Float[Array, "n2 ..."] | None = None,
+        x1: Float[ArrayLike, "n1 ..."],
+        x2: Float[ArrayLike, "n2 ..."] | None = None,
         *,
         compute_ntk: bool = True,
         diagonal_batch: bool = True,
