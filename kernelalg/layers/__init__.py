@@ -1,5 +1,9 @@
 """Layers: kernel transforms of infinitely wide layers, each with its finite twin."""
 
+from ._attention import (
+    FiniteSelfAttention as FiniteSelfAttention,
+    GlobalSelfAttention as GlobalSelfAttention,
+)
 from ._base import AbstractFinite as AbstractFinite, AbstractLayer as AbstractLayer
 from ._branching import (
     AbstractFanIn as AbstractFanIn,
