@@ -195,24 +195,27 @@ class MonteCarloKernelFn(eqx.Module):
             return tuple(x1.shape[1:])
         return jax.tree_util.tree_map(lambda a: tuple(a.shape), x1)
 
+    def _outputs(self, x):
+        """Shapes of the (batched) outputs of a sampled network on `x`."""
+        if isinstance(self.net, AbstractLayer):
+            return [(x.shape[0],) + self.net.out_shape(tuple(x.shape[1:]))]
+        params = eqx.filter_eval_shape(lambda k: _sample(self.net, k, self._input_shape(x)), self.key)
+        out = eqx.filter_eval_shape(self.apply_fn, params, x)
+        return [leaf.shape for leaf in jax.tree_util.tree_leaves(out)]
+
     def _output_ndim(self, x1) -> int:
         """Axes of the batched outputs (the batch is axis 0 when blocks are used)."""
-        if isinstance(self.net, AbstractLayer):
-            return 1 + len(self.net.out_shape(tuple(x1.shape[1:])))
-        params = eqx.filter_eval_shape(lambda k: _sample(self.net, k, self._input_shape(x1)), self.key)
-        out = eqx.filter_eval_shape(self.apply_fn, params, x1)
-        return min(leaf.ndim for leaf in jax.tree_util.tree_leaves(out))
+        return min(len(s) for s in self._outputs(x1))
 
     def _steps(self, x1, x2, kinds) -> int:
-        """Networks per step: as many as fit in the memory budget."""
+        """Networks per step: as many as keep their parameters and (for the NTK) the
+        Jacobians of their outputs within the memory budget."""
         if self.samples_per_step is not None:
             return self.samples_per_step
         shapes = eqx.filter_eval_shape(lambda k: _sample(self.net, k, self._input_shape(x1)), self.key)
         leaves = [a for a in jax.tree_util.tree_leaves(shapes) if _is_array_like(a)]
         n_params = max(1, sum(math.prod(a.shape) for a in leaves))
-        rows = sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(x1)) + (
-            0 if x2 is None else sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(x2))
-        )
+        rows = sum(math.prod(s) for x in (x1, x2) if x is not None for s in self._outputs(x))
         per_network = n_params * (1 + (rows if "ntk" in kinds else 0))
         return max(1, _MEMORY_ENTRIES // per_network)
 
