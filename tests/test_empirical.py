@@ -237,7 +237,7 @@ class Mixed(eqx.Module):
 
 def test_user_model_with_many_leaf_types():
     x1, x2 = jr.normal(jr.key(7, impl="rbg"), (3, 2, 5)), jr.normal(jr.key(8, impl="rbg"), (2, 2, 5))
-    check_model(Mixed(KEY), x1, x2, [((-1,), ())], THREE)
+    check_model(Mixed(KEY), x1, x2, [((-1,), ())], [I.JACOBIAN_CONTRACTION, I.STRUCTURED_DERIVATIVES])
 
 
 @pytest.mark.slow
@@ -307,6 +307,7 @@ def test_nt_style_cnn1d(vmap_axes):
     check(nt_cnn1d, params, x1, x2, [((-1,), ()), ((), ())], vmap_axes=vmap_axes)
 
 
+@pytest.mark.slow
 def test_vmap_axes_on_other_axes():
     # Batch along axis 1 of the inputs and of the outputs.
     params = _nt_params([(5, 6), (6, 3)], KEY)
@@ -367,6 +368,7 @@ def test_x2_none_is_x1_and_symmetric_psd():
         kernelalg.testing.assert_symmetric_psd(a)
 
 
+@pytest.mark.slow
 def test_float32_in_float32_out():
     model = SMALL.init(KEY, (5,))
     model32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model)
@@ -400,6 +402,7 @@ def test_ntk_vector_products_fn():
         np.testing.assert_allclose(got, jnp.einsum("ijab,jb->ia", full, v), rtol=RTOL, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_grad_and_jit_through_the_kernel():
     model = SMALL.init(KEY, (5,))
 

@@ -3,10 +3,13 @@
 import pathlib
 import re
 
+import pytest
+
 
 PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "api" / "empirical.md"
 
 
+@pytest.mark.slow
 def test_resnet_example_runs_and_the_ntk_moves():
     blocks = dict(re.findall(r'```python title="(.*?)"\n(.*?)```', PAGE.read_text(), flags=re.DOTALL))
     namespace = {"__name__": "resnet_ntk"}

@@ -5,6 +5,7 @@ the same numbers whatever the batching (steps, blocks, devices)."""
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import pytest
 
 import kernelalg as ka
 from kernelalg import layers as kl
@@ -58,6 +59,7 @@ def test_batching_does_not_change_the_estimate():
             np.testing.assert_allclose(getattr(other, name), getattr(base, name), rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_diagonal_blocks_and_nt_style_init_apply():
     def init_fn(key, shape):
         k1, k2 = jr.split(key)
