@@ -99,7 +99,12 @@ def _polynomial(draw) -> kl.Polynomial:
 
 
 def _builds(cls, *args: st.SearchStrategy) -> st.SearchStrategy:
-    return st.tuples(*args).map(lambda values: _construct(cls, *values))
+    def build(*values):
+        return _construct(cls, *values)
+
+    # Named after the class, so that hypothesis reports `Erf(1.0, 0.5, 0.0)`.
+    build.__name__ = build.__qualname__ = cls.__name__
+    return st.builds(build, *args)
 
 
 def nonlinearities() -> st.SearchStrategy[kl.AbstractElementwise]:
