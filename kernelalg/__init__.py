@@ -3,6 +3,14 @@
 import importlib.metadata
 
 from . import layers as layers, ops as ops, predict as predict
+from ._batching._api import (
+    AbstractBatched as AbstractBatched,
+    BatchedKernel as BatchedKernel,
+    BatchedKernelFn as BatchedKernelFn,
+    ComputeResult as ComputeResult,
+    batch as batch,
+    compute as compute,
+)
 from ._empirical._api import (
     AbstractEmpiricalFn as AbstractEmpiricalFn,
     EmpiricalKernel as EmpiricalKernel,
