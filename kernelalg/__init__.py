@@ -11,6 +11,10 @@ from ._batching._api import (
     batch as batch,
     compute as compute,
 )
+from ._batching._planner import (
+    estimate_block_memory as estimate_block_memory,
+    plan_block_size as plan_block_size,
+)
 from ._empirical._api import (
     AbstractEmpiricalFn as AbstractEmpiricalFn,
     EmpiricalKernel as EmpiricalKernel,

@@ -123,6 +123,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.coordinator is not None:
         jax.distributed.shutdown()
     return 0
-
-
-
