@@ -288,6 +288,10 @@ def gradient_descent_mse_ensemble(
       computation and factorisation when only NNGP predictions are wanted.
 
     **Returns:** a `GradientDescentMSEEnsemble`.
+
+    Precision follows the kernels, hence `x_train`: float32 inputs give float32
+    kernels and float32 eigendecompositions, with the diagnostics of
+    `gradient_descent_mse` (a definiteness test only for `t=None`).
     """
     check_nonnegative(diag_reg, "diag_reg")
     check_nonnegative(learning_rate, "learning_rate")

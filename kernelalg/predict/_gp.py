@@ -302,11 +302,17 @@ def gp_inference(
 
     **Returns:** a `GPInference`.
 
-    Computations run in the kernels' dtype. In float32, a Cholesky factorisation
-    loses about $\log_{10}\kappa$ of its 7 digits ($\kappa$ the condition number);
-    a squared Cholesky pivot below $10 \varepsilon \lVert K \rVert_F$ (a condition
-    number beyond about $1/(10\varepsilon)$, as LAPACK's `rcond < eps`) is reported as a failure rather than
-    returned as noise.
+    Computations run in the kernels' dtype: float32 kernels are factored and solved in
+    float32 even with `jax_enable_x64` on (targets are cast to it), with matrix
+    products at `"highest"` precision. In float32 a Cholesky factorisation loses about
+    $\log_{10}\kappa$ of its 7 digits ($\kappa$ the condition number); a squared
+    Cholesky pivot below $10 \varepsilon \lVert K \rVert_F$ (a condition number beyond
+    about $1/(10\varepsilon) \approx 8 \cdot 10^5$, as LAPACK's `rcond < eps`) is
+    reported as a failure rather than returned as noise; the fixes are a larger
+    `diag_reg` (relative, it guarantees $\kappa \le 1 + N/$`diag_reg`), `auto_jitter`,
+    or float64. There is no float64 option for float32 kernels: with x64 off JAX has no
+    float64 arrays; "Precision" in the documentation shows the scoped
+    `jax.enable_x64` recipe.
     """
     check_nonnegative(diag_reg, "diag_reg")
     if not (solver == "cholesky" or isinstance(solver, lx.CG)):

@@ -222,6 +222,16 @@ def gradient_descent_mse(
     `t`, including `t=None`. When only the infinite-time prediction from zero
     initial outputs is needed, `gp_inference(...)(get="ntk")` gives it from a
     cheaper Cholesky factorisation.
+
+    Computations run in the kernel's dtype (float32 kernels: a float32
+    eigendecomposition, also with `jax_enable_x64` on). The kernel is checked for
+    finiteness and symmetry; finite times invert nothing, so no definiteness test is
+    made for them: eigenvalues that round-off made negative count as zero and each mode
+    enters through $(1 - e^{-\lambda\tau})/\lambda \le \tau$. `t=None` inverts
+    $\Theta_{dd} + \epsilon I$ and raises if its smallest eigenvalue is below
+    $10 \varepsilon \lambda_{max}$ (condition number beyond about $8 \cdot 10^5$ in
+    float32): raise `diag_reg`, pass `auto_jitter=True`, or work in float64
+    ("Precision" in the documentation).
     """
     check_nonnegative(diag_reg, "diag_reg")
     check_nonnegative(learning_rate, "learning_rate")
