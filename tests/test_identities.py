@@ -482,10 +482,7 @@ def test_out_shape_is_the_finite_twins(net, channels, seed):
     assert net.out_shape((channels,)) == _twin_shape(net, (channels,), seed)
 
 
-# FiniteDense adds its bias `(n,)` to `(*spatial, n)` by rank promotion, which the test
-# configuration forbids; remove the marker once it broadcasts explicitly (and draw the
-# spatial axes in the test above).
-@pytest.mark.xfail(raises=ValueError, strict=True, reason="FiniteDense relies on rank promotion")
+# The twin adds its bias to every position without rank promotion (forbidden here).
 def test_out_shape_is_the_finite_twins_with_spatial_axes():
     net = kl.Serial(kl.Dense(3, 1.0, 0.1), kl.Relu(), kl.Dense(2, 1.0, 0.1))
     assert net.out_shape((2, 3, 4)) == _twin_shape(net, (2, 3, 4), 0)
@@ -524,19 +521,14 @@ def test_float32_inputs_give_float32_kernels(net, x1, x2):
     _float32_kernel_check(net, x1, x2)
 
 
-_NUMPY_SCALARS = pytest.mark.xfail(
-    raises=jax.dtypes.TypePromotionError, strict=True, reason="NumPy float64 scalars promote float32"
-)
-
-
 @pytest.mark.parametrize(
     "layer",
     [
         kl.RectifiedMonomial(0),
-        pytest.param(kl.RectifiedMonomial(2), marks=_NUMPY_SCALARS),
-        pytest.param(kl.Tanh(), marks=_NUMPY_SCALARS),
-        pytest.param(kl.Elu(), marks=_NUMPY_SCALARS),
-        pytest.param(kl.ElementwiseNumerical(jnp.tanh, deg=16), marks=_NUMPY_SCALARS),
+        kl.RectifiedMonomial(2),
+        kl.Tanh(),
+        kl.Elu(),
+        kl.ElementwiseNumerical(jnp.tanh, deg=16),
         kl.Hermite(3),
     ],
     ids=lambda layer: type(layer).__name__,

@@ -187,16 +187,6 @@ def test_fan_in_concat_channels():
     _check(kl.Serial(kl.FanInConcat(*branches), kl.Dense(WIDTH, 1.2, 0.1)))
 
 
-# FiniteDense adds its bias `(n_out,)` to `(*spatial, n_out)` by rank promotion, which
-# the test configuration (jax_numpy_rank_promotion='raise') forbids. With promotion
-# allowed these pass (largest z about 2.5); remove the marker once FiniteDense
-# broadcasts explicitly.
-_SPATIAL_TWIN_BUG = pytest.mark.xfail(
-    raises=ValueError, strict=True, reason="FiniteDense relies on rank promotion on spatial inputs"
-)
-
-
-@_SPATIAL_TWIN_BUG
 def test_fan_in_concat_spatial():
     # Concatenating positions: the output covariance is block diagonal in space.
     x1, x2 = _inputs(3, 3, (2, 4)), _inputs(4, 2, (2, 4))
@@ -204,7 +194,6 @@ def test_fan_in_concat_spatial():
     _check(cat, x1, x2)
 
 
-@_SPATIAL_TWIN_BUG
 def test_spatial_outputs():
     # Dense acts on the channel axis of every position: the NNGP and NTK of every
     # position pair, in kernelalg's zipped order.
@@ -212,7 +201,6 @@ def test_spatial_outputs():
     _check(_mlp(kl.Relu()), x1, x2)
 
 
-@_SPATIAL_TWIN_BUG
 def test_flatten():
     x1, x2 = _inputs(7, 3, (3, 4)), _inputs(8, 2, (3, 4))
     net = kl.Serial(kl.Dense(WIDTH, 1.2, 0.2), kl.Relu(), kl.Flatten(), kl.Dense(WIDTH, 1.0, 0.1))

@@ -51,6 +51,16 @@ class AbstractFinite(eqx.Module):
         """Apply the network to one example `x` (no batch axis, channels last)."""
 
 
+def lift_channels(v: Array, ndim: int) -> Array:
+    """`v` (a bias of shape `(c,)`, or `(*spatial, c)` for unshared ones) with leading unit
+    axes up to rank `ndim`, to add to channels-last outputs.
+
+    Explicit, because kernelalg runs (and is tested) under `jax_numpy_rank_promotion='raise'`,
+    which users of strict JAX set too.
+    """
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
 def layer_name(layer: AbstractLayer) -> str:
     return type(layer).__name__
 

@@ -17,6 +17,7 @@ from ._base import (
     check_in_shape,
     check_int,
     hyperparameter,
+    lift_channels,
     map_masks,
     with_shapes,
 )
@@ -477,9 +478,9 @@ class FiniteConv(AbstractFinite):
         if self.parameterization == "ntk":
             y = y * (jax.lax.stop_gradient(self.W_std) / jnp.sqrt(fan_in))
             if self.bias is not None:
-                y = y + jax.lax.stop_gradient(self.b_std) * self.bias
+                y = y + jax.lax.stop_gradient(self.b_std) * lift_channels(self.bias, y.ndim)
         else:
             y = y / jnp.sqrt(self.s_in)
             if self.bias is not None:
-                y = y + self.bias
+                y = y + lift_channels(self.bias, y.ndim)
         return y

@@ -13,6 +13,7 @@ from ._base import (
     check_in_shape,
     check_int,
     hyperparameter,
+    lift_channels,
     with_shapes,
 )
 
@@ -155,9 +156,9 @@ class FiniteDense(AbstractFinite):
         if self.parameterization == "ntk":
             y = y * (jax.lax.stop_gradient(self.W_std) / jnp.sqrt(x.shape[-1]))
             if self.bias is not None:
-                y = y + jax.lax.stop_gradient(self.b_std) * self.bias
+                y = y + jax.lax.stop_gradient(self.b_std) * lift_channels(self.bias, y.ndim)
         else:
             y = y / jnp.sqrt(self.s_in)
             if self.bias is not None:
-                y = y + self.bias
+                y = y + lift_channels(self.bias, y.ndim)
         return y

@@ -120,8 +120,13 @@ def circular_fold(x: Array, axis: int, size: int) -> Array:
 
 
 def transpose_out_size(size: int, window: int, stride: int, padding: str) -> int:
+    """Output length of `lax.conv_transpose`, which NT's twin and kernel both follow.
+
+    'VALID' gives $(n-1)s + F$ when $F \\ge s$, and $ns$ (not $(n-1)s + F$) when the
+    stride exceeds the filter: lax pads the gaps between outputs up to a whole stride.
+    """
     if padding == "VALID":
-        return (size - 1) * stride + window
+        return size * stride + max(window - stride, 0)
     return size * stride
 
 
@@ -167,8 +172,12 @@ def pool_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Ar
 
 def edge_counts(size: int, window: int, stride: int, padding: str) -> np.ndarray:
     """Number of non-padding inputs in each output window (for `normalize_edges`)."""
-    ones = jnp.ones((size,))
-    return np.asarray(window_sum(ones, 0, window, stride, "VALID" if padding == "CIRCULAR" else padding))
+    # Static shapes only, so this is evaluated now even inside a jit trace: the counts are
+    # baked into the computation as constants.
+    with jax.ensure_compile_time_eval():
+        ones = jnp.ones((size,))
+        counts = window_sum(ones, 0, window, stride, "VALID" if padding == "CIRCULAR" else padding)
+    return np.asarray(counts)
 
 
 def apply_per_dimension(

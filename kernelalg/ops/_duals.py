@@ -269,7 +269,8 @@ def _homogeneous(coefs: np.ndarray, c: ArrayLike, prod: ArrayLike, total: int) -
     for k, a in enumerate(coefs):
         if abs(a) < 1e-13 or (total - k) % 2:
             continue
-        out = out + a * c**k * prod ** ((total - k) // 2)
+        # float(a): a NumPy float64 scalar would promote float32 kernels.
+        out = out + float(a) * c**k * prod ** ((total - k) // 2)
     return out
 
 

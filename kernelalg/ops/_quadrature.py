@@ -10,6 +10,7 @@ of degree $< 2d$ in each variable; for smooth $f$ the error decays geometrically
 $d$, for functions with a kink (ELU's derivative) algebraically.
 """
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -52,7 +53,7 @@ def gauss_hermite(
     sd1 = safe_sqrt(v1)
     slope = jnp.where(pos, c / jnp.where(pos, sd1, 1), 0)
     resid = safe_sqrt(v2 - jnp.where(pos, c * c / jnp.where(pos, v1, 1), 0))
-    r2 = np.sqrt(2.0)
+    r2 = math.sqrt(2.0)  # a Python float: weakly typed, keeps float32 float32
 
     def body(carry, node):
         a, b, weight = node
@@ -123,7 +124,7 @@ def split_gauss_legendre(
             acc_f, acc_d = carry2
             for lo, hi in ((-L, split), (split, L)):
                 z2 = lo + (hi - lo) * xi
-                weight = wi * (hi - lo) * jnp.exp(-(z2 * z2) / 2) / np.sqrt(2 * np.pi)
+                weight = wi * (hi - lo) * jnp.exp(-(z2 * z2) / 2) / math.sqrt(2 * math.pi)
                 v = m + t * z2
                 acc_f = acc_f + weight * fn(v)
                 if dfn is not None:
