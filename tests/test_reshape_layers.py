@@ -77,7 +77,8 @@ def _monte_carlo(net, x1, x2, key, n_nets):
         ntk = sum(_pair(j[:n1], j[n1:]) for j in jac)
         return _outer(y[:n1], y[n1:]), ntk
 
-    nngp, ntk = jax.jit(jax.vmap(one))(jr.split(key, n_nets))
+    # Sixteen networks at a time bound the memory of the Jacobians.
+    nngp, ntk = jax.jit(lambda keys: jax.lax.map(one, keys, batch_size=16))(jr.split(key, n_nets))
     stats = []
     for v in (nngp, ntk):
         stats.append((jnp.mean(v, 0), jnp.std(v, 0, ddof=1) / math.sqrt(n_nets)))
@@ -196,6 +197,16 @@ SLOW_MONTE_CARLO = {
         _dense_to_sparse(np.abs(_grid_graph(4, 4)).round())
     ),
 }
+
+
+def test_float32_inputs_give_float32_kernels():
+    net = _sandwich(*CHAINS["resize nearest, integer index, batch dims, sparse graph"])
+    k32 = ka.kernel(net, X1.astype(jnp.float32), X2.astype(jnp.float32))
+    k64 = ka.kernel(net, X1, X2)
+    for g in ("nngp", "ntk", "cov1", "cov2"):
+        a, b = getattr(k32, g), getattr(k64, g)
+        assert a.dtype == jnp.float32, g
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))), err_msg=g)
 
 
 @pytest.mark.slow

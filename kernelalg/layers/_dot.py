@@ -14,6 +14,7 @@ from ._base import AbstractFinite, AbstractLayer, check_in_shape, map_masks, wit
 
 
 _DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
+DimensionNumbersLike = tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]]
 
 
 def _check_constant(name: str, value: Any) -> Array | None:
@@ -112,7 +113,7 @@ class DotGeneral(AbstractLayer):
         *,
         lhs: Float[ArrayLike, "..."] | None = None,
         rhs: Float[ArrayLike, "..."] | None = None,
-        dimension_numbers: Any = (((), ()), ((), ())),
+        dimension_numbers: DimensionNumbersLike = (((), ()), ((), ())),
         precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST,
         batch_axis: int = 0,
         channel_axis: int = -1,

@@ -27,6 +27,7 @@ class _Span(NamedTuple):
 
 
 _Entry = int | _Span | EllipsisType
+IndexLike = int | slice | EllipsisType | tuple[Any, ...]
 
 
 def _is_int(v: Any) -> bool:
@@ -120,7 +121,7 @@ class Index(AbstractLayer):
     batch_axis: int = eqx.field(static=True)
     channel_axis: int = eqx.field(static=True)
 
-    def __init__(self, idx: Any, batch_axis: int = 0, channel_axis: int = -1):
+    def __init__(self, idx: IndexLike, batch_axis: int = 0, channel_axis: int = -1):
         self.idx = _check_idx(idx)
         for name, ax in (("batch_axis", batch_axis), ("channel_axis", channel_axis)):
             if isinstance(ax, bool) or not isinstance(ax, int):
