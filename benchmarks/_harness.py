@@ -86,7 +86,15 @@ class Case:
 
     def make_inputs(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(self.seed)
-        return {k: rng.standard_normal(s).astype(self.dtype) for k, s in self.inputs.items()}
+        arrays = {k: rng.standard_normal(s).astype(self.dtype) for k, s in self.inputs.items()}
+        # Variable-length sequences: example i keeps its first lengths[i % len] positions;
+        # the rest carry `mask_constant`, which both sides pass to their kernel function.
+        lengths = self.options.get("lengths")
+        if lengths is not None:
+            for x in arrays.values():
+                for i in range(x.shape[0]):
+                    x[i, lengths[i % len(lengths)] :] = self.options["mask_constant"]
+        return arrays
 
 
 Runner = Callable[
@@ -99,8 +107,10 @@ def _ka_kernel(net, arrays, options):
     x1, x2 = arrays["x1"], arrays.get("x2")
 
     # The public entry point, with its per-call input checks, is what users pay for.
+    mask_constant = options.get("mask_constant")
+
     def run():
-        return ka.kernel(net, x1, x2, compute_ntk="ntk" in get)
+        return ka.kernel(net, x1, x2, compute_ntk="ntk" in get, mask_constant=mask_constant)
 
     def outputs(result):
         return {g: getattr(result, g) for g in get}

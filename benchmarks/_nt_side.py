@@ -52,12 +52,13 @@ def _kernel_case(nt, net, arrays, options):
     get = tuple(options.get("get", ("nngp", "ntk")))
     # NT's documented fast path: jit with `get` static. Unjitted, NT dispatches op by
     # op, which would flatter kernelalg.
-    kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+    mask_constant = options.get("mask_constant")
+    kernel_fn = jax.jit(kernel_fn, static_argnames=("get", "mask_constant"))
     x1 = jax.device_put(arrays["x1"])
     x2 = jax.device_put(arrays["x2"]) if "x2" in arrays else None
 
     def run():
-        return kernel_fn(x1, x2, get)
+        return kernel_fn(x1, x2, get, mask_constant=mask_constant)
 
     def outputs(result):
         return {g: getattr(result, g) for g in get}
