@@ -218,6 +218,16 @@ def test_store_paths_that_are_not_stores(tmp_path):
     assert sorted(p.name for p in busy.iterdir()) == ["thesis.tex"]
 
 
+def test_store_killed_before_its_manifest_is_empty(tmp_path):
+    # A kill between creating blocks/ and renaming the manifest into place.
+    x1, _ = inputs((5,))
+    store = tmp_path / "s"
+    (store / "blocks").mkdir(parents=True)
+    (store / ".manifest.json.123.abcdef12.tmp").write_text("{")
+    got = ka.compute(FC, x1, block_size=B, store=store, progress=False)
+    assert got.blocks_computed == 6
+
+
 @pytest.mark.parametrize(
     "kwargs, err, match",
     [
@@ -330,6 +340,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two fresh JAX processes: about 15 s on a 2-core machine
 def test_two_processes_one_store(job, tmp_path):
     tmp, _, reference = job
     store = tmp_path / "store"
@@ -353,20 +364,18 @@ def test_eight_devices_in_a_subprocess(job, tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / "s" / f"{name}.npy"), reference[name])
 
 
-def test_cli_errors(job):
+def test_cli_errors(job, capsys):
+    from kernelalg._cli import main
+
     tmp, _, _ = job
-    proc = _cli(
-        "--spec",
-        f"{tmp / 'net.py'}:nope",
-        "--inputs",
-        str(tmp / "x.npy"),
-        "--store",
-        str(tmp / "s"),
-        "--block-size",
-        "2",
-    )
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "defines no 'nope'" in err
+    args = ["compute", "--inputs", str(tmp / "x.npy"), "--store", str(tmp / "s"), "--block-size", "2"]
+    with pytest.raises(SystemExit, match="defines no 'nope'"):
+        main(args + ["--spec", f"{tmp / 'net.py'}:nope"])
+    with pytest.raises(SystemExit, match="--spec must be FILE.py:NAME"):
+        main(args + ["--spec", "net.py"])
+    with pytest.raises(SystemExit, match="go together"):
+        main(args + ["--spec", f"{tmp / 'net.py'}:net", "--coordinator", "127.0.0.1:1"])
+    assert not (tmp / "s").exists()
 
 
 def test_parse_bytes():

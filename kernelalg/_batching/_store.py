@@ -104,7 +104,12 @@ class Store:
                         "kernelalg store. Use another directory."
                     ) from None
             self._check(old, manifest, path)
-        elif self.path.is_dir() and any(p.name != "blocks" for p in self.path.iterdir()):
+        elif self.path.is_dir() and any(
+            # A job killed before its manifest was renamed into place leaves `blocks/`
+            # and a temporary file; that is still an empty store.
+            p.name != "blocks" and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+            for p in self.path.iterdir()
+        ):
             raise ValueError(
                 f"`store={str(path)!r}` is a non-empty directory without a kernelalg manifest; "
                 "use an empty or new directory so that nothing of yours is overwritten."
