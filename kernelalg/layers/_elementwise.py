@@ -49,24 +49,36 @@ class AbstractElementwise(AbstractLayer):
         v1, v2 = outer_variances(var1, var2, k.diagonal_spatial, 2)
         c = k.nngp
         if k.cov2 is None:
-            # x1 with itself: the diagonal of nngp must equal cov1 bit for bit, or the
-            # dual's square root sees ~1 ulp of spurious decorrelation (from differently
-            # fused affine updates) and turns it into sqrt(eps) errors and noise.
             c = set_batch_diagonal(
                 c, k.cov1 if k.diagonal_batch else jnp.moveaxis(jnp.diagonal(k.cov1, 0, 0, 1), -1, 0)
             )
         nngp, dot = self.dual(c, v1, v2)
-        ntk = None if k.ntk is None else k.ntk * dot
 
-        def self_cov(cov, var):
+        def self_dual(cov, var):
             a, b = outer_variances(var, var, k.diagonal_spatial, 1 if k.diagonal_batch else 2)
-            return self.dual(cov, a, b)[0]
+            return self.dual(cov, a, b)
 
+        if k.cov2 is None and k.diagonal_batch:
+            # x1 with itself: the batch diagonal is the dual at perfect correlation, so it
+            # is taken from the per-example computation, where c and the variances are one
+            # value. In the (n, n) computation XLA may recompute c's diagonal and the
+            # variances in different fusions (an FMA in one, not in the other, or a
+            # vectorised square root 1 ulp off): the dual's square root turns that ulp
+            # into sqrt(eps), a 4e-8 error in a 3-layer ReLU NTK that depended on n.
+            cov1, dot1 = self_dual(k.cov1, var1)
+            nngp = set_batch_diagonal(nngp, cov1)
+            dot = set_batch_diagonal(dot, dot1)
+        elif k.cov2 is None:
+            # Full batch covariance of x1 with itself: cov1 is nngp.
+            cov1 = nngp
+        else:
+            cov1 = self_dual(k.cov1, var1)[0]
+        ntk = None if k.ntk is None else k.ntk * dot
         return k.replace(
             nngp=nngp,
             ntk=ntk,
-            cov1=self_cov(k.cov1, var1),
-            cov2=None if k.cov2 is None else self_cov(k.cov2, var2),
+            cov1=cov1,
+            cov2=None if k.cov2 is None else self_dual(k.cov2, var2)[0],
             is_gaussian=False,
             is_input=False,
         )
