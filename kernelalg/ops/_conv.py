@@ -57,11 +57,43 @@ def _explicit_pads(x: Array, axes: tuple[int, ...], window: int, stride: int, pa
 def conv_pair(x: Array, axis: int, window: int, stride: int, padding: str) -> Array:
     r"""$\frac1F\sum_d x[s i + d, s j + d]$ over the axis pair `(axis, axis + 1)`.
 
-    Computed as a 2-D convolution of every `(axis, axis + 1)` plane with the diagonal
-    filter $I_F / F$ (as neural-tangents): on CPU, XLA's convolution ran 2.7x faster
-    and compiled 2.3x faster than the same sum written as $F$ shifted slices.
+    Stride 1: the padded pair, flattened to one axis of length $m^2$, is summed by one
+    `reduce_window` of size $F$ with dilation $m + 1$ (a diagonal step), $F$ adds per
+    entry. Strided: a 2-D convolution of every pair plane with the diagonal filter
+    $I_F / F$ (as neural-tangents; $F^2$ multiply-adds). XLA's CPU convolution of
+    single-channel planes is slow in float32 (measured, (1024, 8, 8, 8, 8), 3x3, both
+    dimensions: 1234 ms float32, 212 ms float64, against 99 ms and 193 ms for the
+    dilated window sum).
     """
     x, pads = _explicit_pads(x, (axis, axis + 1), window, stride, padding)
+    if stride == 1:
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = widths[axis + 1] = pads
+        x = jnp.pad(x, widths)
+        m = x.shape[axis]
+        n = m - window + 1
+        shape = x.shape
+        flat = x.reshape(shape[:axis] + (m * m,) + shape[axis + 2 :])
+        dims = [1] * flat.ndim
+        dims[axis] = window
+        dilation = [1] * flat.ndim
+        dilation[axis] = m + 1
+        out = jax.lax.reduce_window(
+            flat,
+            np.zeros((), x.dtype),
+            jax.lax.add,
+            dims,
+            [1] * flat.ndim,
+            [(0, 0)] * flat.ndim,
+            window_dilation=dilation,
+        )
+        # Entry a*m + b of `out` is the sum starting at (a, b); those with a, b < n are
+        # the outputs. Pad the tail back to m*m to restore the (m, m) pair.
+        tail = [(0, 0)] * flat.ndim
+        tail[axis] = (0, m * m - out.shape[axis])
+        out = jnp.pad(out, tail).reshape(shape)
+        out = jax.lax.slice_in_dim(jax.lax.slice_in_dim(out, 0, n, axis=axis), 0, n, axis=axis + 1)
+        return out / window
     y = jnp.moveaxis(x, (axis, axis + 1), (-2, -1))
     shape = y.shape
     y = y.reshape((-1, 1) + shape[-2:])
