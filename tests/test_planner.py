@@ -49,7 +49,9 @@ def test_pooled_cnn_cost_is_spatial_squared():
     from kernelalg._batching._planner import layer_cost
 
     pair, row = layer_cost(CNN, (6, 6, 2))
-    assert pair == 36**2  # nngp[i, j, h1, h2, w1, w2] after the first convolution
+    # nngp[i, j, h1, h2, w1, w2] has 36^2 entries per pair; the largest array is the
+    # first convolution's input with one axis pair padded for SAME: (6 + 2)^2 * 6^2.
+    assert pair == 8**2 * 6**2
     assert layer_cost(FC, (16,))[0] == 1
 
 
@@ -64,7 +66,7 @@ def test_plan_is_the_largest_fitting_block():
 
 
 def test_budget_too_small():
-    with pytest.raises(ValueError, match=r"`memory_budget=5000` bytes is too small: .*1296 kernel entries"):
+    with pytest.raises(ValueError, match=r"`memory_budget=5000` bytes is too small: .*2304 kernel entries"):
         ka.plan_block_size(CNN, (6, 6, 2), memory_budget=5000, dtype=np.float64)
     with pytest.raises(ValueError, match="`memory_budget` must be a positive number"):
         ka.plan_block_size(CNN, (6, 6, 2), memory_budget=0)
