@@ -5,28 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _batching_cases import ATOL, CNN, FC, N1, B, inputs
 
 import kernelalg as ka
 from kernelalg import layers as kl
-
-
-# N = 7 rows against 5, blocks of 3: divisible by nothing, ragged on both sides.
-N1, N2, B = 7, 5, 3
-ATOL = 1e-12
-
-FC = kl.Serial(kl.Dense(16, W_std=1.5, b_std=0.1), kl.Relu(), kl.Dense(1, W_std=1.2, b_std=0.05))
-CNN = kl.Serial(
-    kl.Conv(8, (2, 2), padding="SAME", W_std=1.3, b_std=0.1),
-    kl.Relu(),
-    kl.AvgPool((2, 2)),
-    kl.GlobalAvgPool(),
-    kl.Dense(1),
-)
-
-
-def inputs(shape: tuple[int, ...], seed: int = 0):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    return jax.random.normal(k1, (N1,) + shape), jax.random.normal(k2, (N2,) + shape)
 
 
 def assert_trees_close(a, b, atol=ATOL):

@@ -14,31 +14,14 @@ import equinox as eqx
 import jax
 import numpy as np
 import pytest
+from _batching_cases import ATOL, CNN, FC, N1, B, inputs
 
 import kernelalg as ka
 from kernelalg import layers as kl
 from kernelalg._batching import _store
 
 
-N1, N2, B = 7, 5, 3
-ATOL = 1e-12
 ROOT = Path(__file__).resolve().parent.parent
-
-# The networks and shapes of tests/test_batching.py: the block programs compiled
-# there serve here too when both files run in one session.
-FC = kl.Serial(kl.Dense(16, W_std=1.5, b_std=0.1), kl.Relu(), kl.Dense(1, W_std=1.2, b_std=0.05))
-CNN = kl.Serial(
-    kl.Conv(8, (2, 2), padding="SAME", W_std=1.3, b_std=0.1),
-    kl.Relu(),
-    kl.AvgPool((2, 2)),
-    kl.GlobalAvgPool(),
-    kl.Dense(1),
-)
-
-
-def inputs(shape: tuple[int, ...], seed: int = 0):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    return np.asarray(jax.random.normal(k1, (N1,) + shape)), np.asarray(jax.random.normal(k2, (N2,) + shape))
 
 
 def assert_kernels_close(result: ka.ComputeResult, want: ka.Kernel, atol=ATOL):
